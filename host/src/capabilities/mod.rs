@@ -1,0 +1,74 @@
+//! Capabilities: the host side of each WIT import, one file per interface.
+//!
+//! An [`Invocation`] is what one call of `handle` may touch: the handler's own state (read
+//! through a [`StateReader`] scoped to that handler, written only into the staging area), the
+//! events it emits (staged, with ids the host derives), its log and its settings. Nothing
+//! here writes to the store: the scheduler commits [`Staged`] when the handler succeeds, and
+//! drops it when it fails.
+
+pub mod config;
+pub mod emit;
+pub mod log;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::event::Event;
+use crate::runtime::DeployedHandler;
+use crate::store::StateReader;
+
+/// What a successful invocation asks the host to commit.
+#[derive(Debug, Default)]
+pub struct Staged {
+    /// Key -> new value, `None` for a delete. A map: the last write to a key wins.
+    pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Complete, valid events, in emit order.
+    pub emitted: Vec<Event>,
+}
+
+/// One call of `handle`: the capabilities it was given and what it staged.
+pub struct Invocation {
+    handler: String,
+    /// The `source` of the events this handler emits.
+    emit_source: String,
+    settings: Arc<BTreeMap<String, String>>,
+    /// The event being handled: its id and source derive emitted ids, and it is their cause.
+    parent: ParentEvent,
+    state: StateReader,
+    staged: Staged,
+}
+
+struct ParentEvent {
+    id: String,
+    source: String,
+    correlation_id: String,
+    traceparent: Option<String>,
+}
+
+impl Invocation {
+    pub fn new(handler: &DeployedHandler, event: &Event, state: StateReader) -> Self {
+        Invocation {
+            handler: handler.name.clone(),
+            emit_source: handler.source.clone(),
+            settings: handler.config.clone(),
+            parent: ParentEvent {
+                id: event.id.clone(),
+                source: event.source.clone(),
+                correlation_id: event
+                    .extension("correlationid")
+                    .unwrap_or(&event.id)
+                    .to_owned(),
+                traceparent: event.extension("traceparent").map(str::to_owned),
+            },
+            state,
+            staged: Staged::default(),
+        }
+    }
+
+    pub fn into_staged(self) -> Staged {
+        self.staged
+    }
+}
+
+impl crate::runtime::bindings::evhost::handler::types::Host for Invocation {}

@@ -1,0 +1,1485 @@
+//! The application manifest (`evhost.toml`): its format, its defaults and its rules.
+//!
+//! [`Manifest::load`] reads the file and [`Manifest::parse`] turns it into a validated plan
+//! ([`Manifest`], [`HandlerSpec`], [`HandlerSettings`]) that the rest of the host trusts without
+//! checking again: the CLI runs each handler's `build`, the runtime loads its `module` under its
+//! memory and time limits, the router takes its subscriptions, and the scheduler its
+//! concurrency, ordering, queue, retry and rate rules. A hot deploy carries the same settings
+//! keys on their own; [`HandlerSettings::parse_toml`] reads those with the same rules.
+//!
+//! Every problem is reported at once, each naming the file, the handler and the key, so that a
+//! user fixes a manifest in one pass instead of one error per run. That is why the text is read
+//! into a plain [`toml::Table`] and walked by hand rather than deserialized into
+//! `#[serde(deny_unknown_fields)]` structs: serde stops at the first unknown key or bad value.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+/// The manifest's file name, looked up when `evhost up` is given a folder.
+pub const MANIFEST_FILE: &str = "evhost.toml";
+
+/// Longest app or handler name; names end up in URLs, metric labels and store keys.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Invocations of one handler in flight when `concurrency` is not set.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+
+/// Upper bound for `concurrency`: each invocation in flight holds a Wasm instance and its memory.
+pub const MAX_CONCURRENCY: u32 = 1024;
+
+/// Deliveries waiting for one handler when `max_pending` is not set; beyond this, ingress
+/// answers 429.
+pub const DEFAULT_MAX_PENDING: u64 = 10_000;
+
+/// Wall-clock budget of one invocation when `timeout_ms` is not set; past it the invocation is
+/// interrupted and counts as a retryable failure.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5_000);
+
+/// Upper bound for `timeout_ms`: a longer invocation holds its delivery, and for keyed or serial
+/// handlers everything queued behind it, for too long to be an event handler.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Linear memory one invocation may grow to when `memory_mb` is not set; past it, growth fails
+/// and the invocation usually traps.
+pub const DEFAULT_MEMORY_MB: u32 = 64;
+
+/// Upper bound for `memory_mb`: all a 32-bit Wasm memory can address.
+pub const MAX_MEMORY_MB: u32 = 4096;
+
+/// Runs of one delivery, the first included, when `max_attempts` is not set; after the last
+/// failure the delivery is dead-lettered.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Delay before the first retry when `backoff.initial_ms` is not set; it doubles per attempt.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+
+/// Longest delay between retries when `backoff.max_ms` is not set.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(30_000);
+
+/// Upper bound for either backoff delay. Keeps `Instant + delay` far from overflowing, and a
+/// retry more than a day away is a dead letter in all but name.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+
+const TOP_KEYS: &[&str] = &["app", "handler"];
+const APP_KEYS: &[&str] = &["name"];
+/// Keys of a `[[handler]]` that describe the deployment unit rather than how it runs; a hot
+/// deploy gets them from elsewhere (the URL and the uploaded module).
+const HANDLER_KEYS: &[&str] = &["name", "module", "build"];
+const SETTINGS_KEYS: &[&str] = &[
+    "subscribe",
+    "concurrency",
+    "ordering",
+    "key",
+    "max_pending",
+    "timeout_ms",
+    "memory_mb",
+    "max_attempts",
+    "backoff",
+    "rate",
+    "config",
+];
+const BACKOFF_KEYS: &[&str] = &["initial_ms", "max_ms"];
+
+/// A validated `evhost.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The manifest file, as the user named it.
+    pub path: PathBuf,
+    /// The folder holding the manifest: relative paths resolve against it and `build` commands
+    /// run in it.
+    pub dir: PathBuf,
+    pub app: App,
+    /// In manifest order; names are unique.
+    pub handlers: Vec<HandlerSpec>,
+}
+
+/// The `[app]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub name: String,
+}
+
+/// One `[[handler]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerSpec {
+    pub name: String,
+    /// The Wasm component, resolved against [`Manifest::dir`]; it may not exist until `build`
+    /// has run.
+    pub module: PathBuf,
+    /// A shell command that produces `module`, run by `evhost up --build` in [`Manifest::dir`].
+    pub build: Option<String>,
+    pub settings: HandlerSettings,
+}
+
+/// How a handler runs: every handler key except `name`, `module` and `build`. This is also what
+/// a hot deploy sends as its `config` part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerSettings {
+    /// Event types, matched exactly against an event's `type`; at least one, no duplicates.
+    pub subscribe: Vec<String>,
+    /// Invocations in flight at once, 1..=[`MAX_CONCURRENCY`].
+    pub concurrency: u32,
+    pub ordering: Ordering,
+    /// Where the ordering key comes from; only used with [`Ordering::Key`].
+    pub key: KeySource,
+    /// Deliveries waiting for this handler before ingress sheds load with 429.
+    pub max_pending: u64,
+    /// Wall-clock budget of one invocation.
+    pub timeout: Duration,
+    /// Linear memory one invocation may use, in MiB.
+    pub memory_mb: u32,
+    /// Runs of one delivery, the first included, before it is dead-lettered; at least 1.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Token-bucket limit on invocations started; `None` is unlimited.
+    pub rate: Option<Rate>,
+    /// Settings the handler reads at run time; TOML integers, floats and booleans are kept in
+    /// their TOML spelling.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Defaults for every setting, and no subscriptions: a plan needs at least one, so this alone is
+/// not a valid deployment.
+impl Default for HandlerSettings {
+    fn default() -> Self {
+        Self {
+            subscribe: Vec::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            ordering: Ordering::default(),
+            key: KeySource::default(),
+            max_pending: DEFAULT_MAX_PENDING,
+            timeout: DEFAULT_TIMEOUT,
+            memory_mb: DEFAULT_MEMORY_MB,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: Backoff::default(),
+            rate: None,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+impl HandlerSettings {
+    /// Reads a standalone table of settings keys (a hot deploy's `config` part). `origin` names
+    /// where the text came from in problems, e.g. the `--config` file.
+    pub fn parse_toml(text: &str, origin: &str) -> Result<HandlerSettings, ManifestError> {
+        let mut report = Report::new(origin.to_owned());
+        let Some(table) = parse_document(text, &mut report) else {
+            return report.finish(HandlerSettings::default());
+        };
+        let settings = read_settings(&table, &[], &mut report);
+        report.finish(settings)
+    }
+
+    /// The settings as a standalone TOML table that [`HandlerSettings::parse_toml`] reads back
+    /// to the same value, e.g. to send a manifest's settings with a deploy.
+    pub fn to_toml(&self) -> String {
+        fn int(n: impl TryInto<i64>) -> Value {
+            Value::Integer(n.try_into().unwrap_or(i64::MAX))
+        }
+        let mut table = Table::new();
+        let subscribe = self.subscribe.iter().cloned().map(Value::String).collect();
+        table.insert("subscribe".into(), Value::Array(subscribe));
+        table.insert("concurrency".into(), int(self.concurrency));
+        table.insert("ordering".into(), Value::String(self.ordering.to_string()));
+        // `key` next to `ordering = "unordered"` is rejected, so it is only written where it is
+        // accepted; serial keeps it so that the round trip is exact.
+        if self.ordering != Ordering::Unordered {
+            table.insert("key".into(), Value::String(self.key.to_string()));
+        }
+        table.insert("max_pending".into(), int(self.max_pending));
+        table.insert("timeout_ms".into(), int(self.timeout.as_millis()));
+        table.insert("memory_mb".into(), int(self.memory_mb));
+        table.insert("max_attempts".into(), int(self.max_attempts));
+        let mut backoff = Table::new();
+        backoff.insert("initial_ms".into(), int(self.backoff.initial.as_millis()));
+        backoff.insert("max_ms".into(), int(self.backoff.max.as_millis()));
+        table.insert("backoff".into(), Value::Table(backoff));
+        if let Some(rate) = self.rate {
+            table.insert("rate".into(), Value::String(rate.to_string()));
+        }
+        let config = self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        table.insert("config".into(), Value::Table(config));
+        table.to_string()
+    }
+
+    /// [`HandlerSettings::memory_mb`] in bytes, as the store limiter counts.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mb) * 1024 * 1024
+    }
+}
+
+/// In which order a handler's deliveries may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Ordering {
+    /// Any order, up to `concurrency` at once.
+    #[default]
+    Unordered,
+    /// FIFO per key (see [`KeySource`]): one delivery per key at a time, different keys in
+    /// parallel.
+    Key,
+    /// One delivery at a time, in order, whatever `concurrency` says.
+    Serial,
+}
+
+impl Ordering {
+    const CHOICES: &[(&str, Ordering)] = &[
+        ("unordered", Ordering::Unordered),
+        ("key", Ordering::Key),
+        ("serial", Ordering::Serial),
+    ];
+
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::Unordered => "unordered",
+            Ordering::Key => "key",
+            Ordering::Serial => "serial",
+        }
+    }
+}
+
+impl fmt::Display for Ordering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The event attribute that keys [`Ordering::Key`]. Events without it share one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KeySource {
+    /// The `partitionkey` extension (CloudEvents partitioning).
+    #[default]
+    PartitionKey,
+    Subject,
+    Source,
+}
+
+impl KeySource {
+    const CHOICES: &[(&str, KeySource)] = &[
+        ("partitionkey", KeySource::PartitionKey),
+        ("subject", KeySource::Subject),
+        ("source", KeySource::Source),
+    ];
+
+    /// The manifest spelling, which is also the CloudEvents attribute name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::PartitionKey => "partitionkey",
+            KeySource::Subject => "subject",
+            KeySource::Source => "source",
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Delays between retries: `initial`, doubling per attempt, capped at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// At least 1 ms and at most `max`.
+    pub initial: Duration,
+    /// At most [`MAX_BACKOFF`].
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: DEFAULT_BACKOFF_INITIAL,
+            max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+/// A token-bucket rate: `tokens` invocations may start per `period`. Written `"200/s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// At least 1.
+    pub tokens: u32,
+    pub period: RatePeriod,
+}
+
+impl Rate {
+    /// Tokens added to the bucket per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.tokens) / self.period.duration().as_secs_f64()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tokens, self.period.as_str())
+    }
+}
+
+/// The unit of a [`Rate`]; an enum rather than a `Duration` so that every rate can be written
+/// back as the manifest spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RatePeriod {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl RatePeriod {
+    pub fn duration(self) -> Duration {
+        match self {
+            RatePeriod::Second => Duration::from_secs(1),
+            RatePeriod::Minute => Duration::from_secs(60),
+            RatePeriod::Hour => Duration::from_secs(3600),
+        }
+    }
+
+    /// The manifest spelling: `s`, `m` or `h`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RatePeriod::Second => "s",
+            RatePeriod::Minute => "m",
+            RatePeriod::Hour => "h",
+        }
+    }
+}
+
+/// Everything wrong with a manifest (or a deploy's settings), at least one problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+/// One line per problem.
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// One thing wrong, and where: ``evhost.toml: handler `inventory`: key `ordering`: ...``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The manifest path, or the origin given to [`HandlerSettings::parse_toml`].
+    pub file: String,
+    /// The handler's name; `#2` (its 1-based position) when it has no usable name.
+    pub handler: Option<String>,
+    /// The key, dotted below the top level: `backoff.max_ms`, `app.name`, `config.limit`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        match &self.handler {
+            // A position, not a name: names never start with `#`.
+            Some(handler) if handler.starts_with('#') => write!(f, ": handler {handler}")?,
+            Some(handler) => write!(f, ": handler `{handler}`")?,
+            None => {}
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl Manifest {
+    /// Reads and validates a manifest, given its path or the folder holding `evhost.toml`.
+    pub fn load(path_or_dir: &Path) -> Result<Manifest, ManifestError> {
+        let is_dir = path_or_dir.is_dir();
+        let path = if is_dir {
+            path_or_dir.join(MANIFEST_FILE)
+        } else {
+            path_or_dir.to_path_buf()
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Manifest::parse(&text, &path),
+            Err(err) => {
+                let message = match err.kind() {
+                    std::io::ErrorKind::NotFound if is_dir => {
+                        format!("no such file (the folder has no `{MANIFEST_FILE}`)")
+                    }
+                    std::io::ErrorKind::NotFound => format!(
+                        "no such file or folder (expected an `{MANIFEST_FILE}` or a folder holding one)"
+                    ),
+                    _ => format!("cannot read the manifest: {err}"),
+                };
+                let mut report = Report::new(path.display().to_string());
+                report.push(None, message);
+                Err(report.into_error())
+            }
+        }
+    }
+
+    /// Validates manifest text; `path` names the file in problems and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let mut report = Report::new(path.display().to_string());
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut manifest = Manifest {
+            path: path.to_path_buf(),
+            dir,
+            app: App {
+                name: String::new(),
+            },
+            handlers: Vec::new(),
+        };
+        let Some(root) = parse_document(text, &mut report) else {
+            return report.finish(manifest);
+        };
+        for (key, value) in sorted(&root) {
+            match key.as_str() {
+                "app" => manifest.app = read_app(value, &mut report),
+                "handler" => manifest.handlers = read_handlers(value, &manifest.dir, &mut report),
+                _ => report.unknown_key(key, TOP_KEYS),
+            }
+        }
+        if !root.contains_key("app") {
+            report.problem(
+                "app",
+                "missing (every manifest needs an `[app]` table with a `name`)",
+            );
+        }
+        report.finish(manifest)
+    }
+
+    /// The handler called `name`.
+    pub fn handler(&self, name: &str) -> Option<&HandlerSpec> {
+        self.handlers.iter().find(|h| h.name == name)
+    }
+}
+
+/// Collects problems while the walk goes on; `handler` is the entry being walked.
+struct Report {
+    file: String,
+    handler: Option<String>,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Report {
+    fn new(file: String) -> Self {
+        Self {
+            file,
+            handler: None,
+            problems: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, key: Option<&str>, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            file: self.file.clone(),
+            handler: self.handler.clone(),
+            key: key.map(str::to_owned),
+            message: message.into(),
+        });
+    }
+
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.push(Some(key), message);
+    }
+
+    /// The value if it is one, else records the problem at `key`.
+    fn check<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|message| self.problem(key, message)).ok()
+    }
+
+    fn unknown_key(&mut self, key: &str, expected: &[&str]) {
+        self.problem(
+            key,
+            format!("unknown key (expected one of: {})", expected.join(", ")),
+        );
+    }
+
+    fn into_error(self) -> ManifestError {
+        ManifestError {
+            problems: self.problems,
+        }
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, ManifestError> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.into_error())
+        }
+    }
+}
+
+/// Parses TOML syntax; a syntax error is the one problem, since nothing after it is reliable.
+fn parse_document(text: &str, report: &mut Report) -> Option<Table> {
+    match text.parse::<Table>() {
+        Ok(table) => Some(table),
+        Err(err) => {
+            // toml's own `Display` draws a multi-line snippet; problems are one line each.
+            let mut message = err.message().trim().replace('\n', "; ");
+            let message = match err.span() {
+                Some(span) => {
+                    // toml's "duplicate key" leaves the key to its snippet.
+                    let culprit = text.get(span.clone()).filter(|s| !s.contains('\n'));
+                    if let (Some(key), "duplicate key") = (culprit, message.as_str()) {
+                        message = format!("duplicate key `{key}`");
+                    }
+                    let (line, column) = line_column(text, span.start);
+                    format!("invalid TOML at line {line}, column {column}: {message}")
+                }
+                None => format!("invalid TOML: {message}"),
+            };
+            report.push(None, message);
+            None
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn read_app(value: &Value, report: &mut Report) -> App {
+    let mut app = App {
+        name: String::new(),
+    };
+    let Some(table) = value.as_table() else {
+        report.problem("app", format!("expected a table, got {}", got(value)));
+        return app;
+    };
+    for (key, value) in sorted(table) {
+        match key.as_str() {
+            "name" => {
+                if let Some(name) = report.check("app.name", name(value)) {
+                    app.name = name.to_owned();
+                }
+            }
+            _ => report.unknown_key(&format!("app.{key}"), APP_KEYS),
+        }
+    }
+    if !table.contains_key("name") {
+        report.problem("app.name", "missing required key");
+    }
+    app
+}
+
+fn read_handlers(value: &Value, dir: &Path, report: &mut Report) -> Vec<HandlerSpec> {
+    let Some(entries) = value.as_array() else {
+        let hint = if value.is_table() {
+            " (write `[[handler]]`, with double brackets)"
+        } else {
+            ""
+        };
+        report.problem(
+            "handler",
+            format!("expected an array of tables, got {}{hint}", got(value)),
+        );
+        return Vec::new();
+    };
+    let mut handlers = Vec::new();
+    // First position of each name, to name both entries of a duplicate.
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let position = index + 1;
+        let Some(table) = entry.as_table() else {
+            report.problem(
+                "handler",
+                format!("entry #{position}: expected a table, got {}", got(entry)),
+            );
+            continue;
+        };
+        let given_name = table
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|name| !name.is_empty());
+        report.handler = Some(given_name.map_or_else(|| format!("#{position}"), str::to_owned));
+        let spec = read_handler(table, dir, report);
+        if let Some(name) = given_name {
+            if let Some(first) = first_seen.get(name) {
+                report.problem(
+                    "name",
+                    format!("handlers #{first} and #{position} are both named `{name}`"),
+                );
+            } else {
+                first_seen.insert(name, position);
+            }
+        }
+        report.handler = None;
+        handlers.extend(spec);
+    }
+    handlers
+}
+
+fn read_handler(table: &Table, dir: &Path, report: &mut Report) -> Option<HandlerSpec> {
+    let name = match table.get("name") {
+        Some(value) => report.check("name", name(value)),
+        None => {
+            report.problem("name", "missing required key");
+            None
+        }
+    };
+    let module = match table.get("module") {
+        Some(value) => report.check("module", non_empty_string(value)),
+        None => {
+            report.problem("module", "missing required key");
+            None
+        }
+    };
+    let build = table.get("build").map(|value| {
+        report.check(
+            "build",
+            non_empty_string(value).map_err(|message| {
+                format!("{message} (leave `build` out when the module is prebuilt)")
+            }),
+        )
+    });
+    let settings = read_settings(table, HANDLER_KEYS, report);
+    Some(HandlerSpec {
+        name: name?.to_owned(),
+        module: dir.join(module?),
+        build: build.flatten().map(str::to_owned),
+        settings,
+    })
+}
+
+/// Reads the settings keys of `table`. Keys in `own_keys` belong to the caller and are skipped;
+/// any other key is unknown. Bad values leave their default in place, so the result is only
+/// meaningful if `report` stayed empty.
+fn read_settings(table: &Table, own_keys: &[&str], report: &mut Report) -> HandlerSettings {
+    let mut settings = HandlerSettings::default();
+    // `None` when `ordering` is absent or bad; a bad one is not cross-checked, that would be noise.
+    let mut ordering_given = None;
+    for (key, value) in sorted(table) {
+        let key = key.as_str();
+        match key {
+            _ if own_keys.contains(&key) => {}
+            "subscribe" => settings.subscribe = read_subscribe(value, report),
+            "concurrency" => {
+                if let Some(n) = report.check(key, integer(value, 1, MAX_CONCURRENCY)) {
+                    settings.concurrency = n;
+                }
+            }
+            "ordering" => {
+                ordering_given = report.check(key, choice(value, Ordering::CHOICES));
+                settings.ordering = ordering_given.unwrap_or_default();
+            }
+            "key" => {
+                if let Some(source) = report.check(key, choice(value, KeySource::CHOICES)) {
+                    settings.key = source;
+                }
+            }
+            "max_pending" => {
+                if let Some(n) = report.check(key, integer(value, 1, u64::MAX)) {
+                    settings.max_pending = n;
+                }
+            }
+            "timeout_ms" => {
+                if let Some(d) = report.check(key, millis(value, MAX_TIMEOUT)) {
+                    settings.timeout = d;
+                }
+            }
+            "memory_mb" => {
+                if let Some(n) = report.check(key, integer(value, 1, MAX_MEMORY_MB)) {
+                    settings.memory_mb = n;
+                }
+            }
+            "max_attempts" => {
+                if let Some(n) = report.check(key, integer(value, 1, u32::MAX)) {
+                    settings.max_attempts = n;
+                }
+            }
+            "backoff" => settings.backoff = read_backoff(value, report),
+            "rate" => settings.rate = report.check(key, rate(value)),
+            "config" => settings.config = read_config(value, report),
+            _ => {
+                let expected: Vec<&str> = own_keys.iter().chain(SETTINGS_KEYS).copied().collect();
+                report.unknown_key(key, &expected);
+            }
+        }
+    }
+    if !table.contains_key("subscribe") {
+        report.problem(
+            "subscribe",
+            "missing required key (a handler needs at least one event type)",
+        );
+    }
+    let ordering_written = table.contains_key("ordering");
+    let ordering_known = ordering_given.is_some() || !ordering_written;
+    if table.contains_key("key") && ordering_known && settings.ordering == Ordering::Unordered {
+        let default = if ordering_written {
+            ""
+        } else {
+            " (the default)"
+        };
+        report.problem(
+            "key",
+            format!(
+                "has no effect unless `ordering = \"key\"`, and ordering is \"unordered\"{default}"
+            ),
+        );
+    }
+    settings
+}
+
+fn read_subscribe(value: &Value, report: &mut Report) -> Vec<String> {
+    const KEY: &str = "subscribe";
+    let Some(items) = value.as_array() else {
+        report.problem(
+            KEY,
+            format!("expected an array of event types, got {}", got(value)),
+        );
+        return Vec::new();
+    };
+    if items.is_empty() {
+        report.problem(KEY, "expected at least one event type, got []");
+    }
+    let mut seen = HashSet::new();
+    let mut types = Vec::new();
+    for item in items {
+        match item.as_str() {
+            None => report.problem(
+                KEY,
+                format!("expected an event type (a string), got {}", got(item)),
+            ),
+            Some("") => report.problem(KEY, "expected an event type, got \"\""),
+            Some(ty) if ty.chars().any(|c| c.is_whitespace() || c.is_control()) => report.problem(
+                KEY,
+                format!("expected an event type without whitespace, got {ty:?}"),
+            ),
+            Some(ty) if !seen.insert(ty) => {
+                report.problem(KEY, format!("`{ty}` is listed more than once"));
+            }
+            Some(ty) => types.push(ty.to_owned()),
+        }
+    }
+    types
+}
+
+fn read_backoff(value: &Value, report: &mut Report) -> Backoff {
+    let mut backoff = Backoff::default();
+    let Some(table) = value.as_table() else {
+        report.problem(
+            "backoff",
+            format!(
+                "expected a table such as {{ initial_ms = 100, max_ms = 30000 }}, got {}",
+                got(value)
+            ),
+        );
+        return backoff;
+    };
+    // Both bounds must be known to compare them.
+    let mut both_valid = true;
+    for (key, value) in sorted(table) {
+        let path = format!("backoff.{key}");
+        let slot = match key.as_str() {
+            "initial_ms" => &mut backoff.initial,
+            "max_ms" => &mut backoff.max,
+            _ => {
+                report.unknown_key(&path, BACKOFF_KEYS);
+                continue;
+            }
+        };
+        match report.check(&path, millis(value, MAX_BACKOFF)) {
+            Some(delay) => *slot = delay,
+            None => both_valid = false,
+        }
+    }
+    if both_valid && backoff.initial > backoff.max {
+        let default = if table.contains_key("max_ms") {
+            ""
+        } else {
+            ", the default"
+        };
+        report.problem(
+            "backoff",
+            format!(
+                "`initial_ms` ({}) must not exceed `max_ms` ({}{default})",
+                backoff.initial.as_millis(),
+                backoff.max.as_millis()
+            ),
+        );
+    }
+    backoff
+}
+
+fn read_config(value: &Value, report: &mut Report) -> BTreeMap<String, String> {
+    let mut config = BTreeMap::new();
+    let Some(table) = value.as_table() else {
+        report.problem("config", format!("expected a table, got {}", got(value)));
+        return config;
+    };
+    for (key, value) in sorted(table) {
+        if key.is_empty() {
+            report.problem("config", "setting names must not be empty");
+            continue;
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Integer(_) | Value::Float(_) | Value::Boolean(_) => value.to_string(),
+            _ => {
+                report.problem(
+                    &format!("config.{key}"),
+                    format!(
+                        "expected a string, integer, float or boolean, got {}",
+                        got(value)
+                    ),
+                );
+                continue;
+            }
+        };
+        config.insert(key.clone(), text);
+    }
+    config
+}
+
+/// A table's entries by key. Problems then come in one order whether or not some crate in the
+/// build turns on toml's `preserve_order` (which would make iteration follow the document).
+fn sorted(table: &Table) -> Vec<(&String, &Value)> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(key, _)| *key);
+    entries
+}
+
+/// How a value appears after "got" in messages: scalars as written, containers by kind.
+fn got(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{s:?}"),
+        Value::Integer(_) | Value::Float(_) | Value::Boolean(_) => value.to_string(),
+        Value::Datetime(_) => "a datetime".to_owned(),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Table(_) => "a table".to_owned(),
+    }
+}
+
+fn non_empty_string(value: &Value) -> Result<&str, String> {
+    match value.as_str() {
+        Some("") => Err("expected a non-empty string, got \"\"".to_owned()),
+        Some(s) => Ok(s),
+        None => Err(format!("expected a string, got {}", got(value))),
+    }
+}
+
+/// App and handler names.
+fn name(value: &Value) -> Result<&str, String> {
+    let name = non_empty_string(value)?;
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(format!(
+            "expected at most {MAX_NAME_LEN} characters, got {} ({name:?})",
+            name.chars().count()
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+    if !name.chars().all(allowed) {
+        return Err(format!(
+            "expected a name of lowercase letters a-z, digits 0-9, `-` and `_`, got {name:?}"
+        ));
+    }
+    Ok(name)
+}
+
+/// An integer in `min..=max`.
+fn integer<T>(value: &Value, min: T, max: T) -> Result<T, String>
+where
+    T: TryFrom<i64> + Into<i128> + PartialOrd + fmt::Display + Copy,
+{
+    // Every TOML integer fits an i64, so a `max` beyond it is no bound worth mentioning.
+    let bounded = max.into() <= i128::from(i64::MAX);
+    let expected = if bounded {
+        format!("expected an integer from {min} to {max}")
+    } else {
+        format!("expected an integer of at least {min}")
+    };
+    let n = value
+        .as_integer()
+        .ok_or_else(|| format!("{expected}, got {}", got(value)))?;
+    match T::try_from(n) {
+        Ok(n) if min <= n && n <= max => Ok(n),
+        _ => Err(format!("{expected}, got {n}")),
+    }
+}
+
+/// A whole number of milliseconds in `1..=max`.
+fn millis(value: &Value, max: Duration) -> Result<Duration, String> {
+    let max = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    integer(value, 1, max).map(Duration::from_millis)
+}
+
+fn choice<T: Copy>(value: &Value, choices: &[(&str, T)]) -> Result<T, String> {
+    let found = value
+        .as_str()
+        .and_then(|s| choices.iter().find(|(name, _)| *name == s));
+    match found {
+        Some((_, choice)) => Ok(*choice),
+        None => {
+            let names: Vec<String> = choices
+                .iter()
+                .map(|(name, _)| format!("{name:?}"))
+                .collect();
+            Err(format!(
+                "expected one of {}, got {}",
+                names.join(", "),
+                got(value)
+            ))
+        }
+    }
+}
+
+/// `N/s`, `N/m` or `N/h`, N >= 1.
+fn rate(value: &Value) -> Result<Rate, String> {
+    let parsed = value.as_str().and_then(|s| {
+        let (tokens, unit) = s.split_once('/')?;
+        if tokens.is_empty() || !tokens.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let tokens = tokens.parse::<u32>().ok().filter(|&n| n >= 1)?;
+        let period = match unit {
+            "s" => RatePeriod::Second,
+            "m" => RatePeriod::Minute,
+            "h" => RatePeriod::Hour,
+            _ => return None,
+        };
+        Some(Rate { tokens, period })
+    });
+    parsed.ok_or_else(|| {
+        format!(
+            "expected a rate \"N/s\", \"N/m\" or \"N/h\" with N from 1 to {}, got {}",
+            u32::MAX,
+            got(value)
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHOP: &str = r#"
+[app]
+name = "shop"
+
+[[handler]]
+name = "inventory"
+module = "../../target/wasm32-wasip2/release/inventory.wasm"   # relative to the manifest's folder
+build = "cargo build --release --target wasm32-wasip2 -p inventory"
+subscribe = ["com.example.shop.order.placed.v1", "com.example.shop.stock.added.v1"]
+concurrency = 8
+ordering = "key"
+key = "partitionkey"
+max_pending = 10000
+timeout_ms = 2000
+memory_mb = 64
+max_attempts = 5
+backoff = { initial_ms = 100, max_ms = 30000 }
+rate = "200/s"
+config = { decline_over = "1000" }
+
+[[handler]]
+name = "notification"
+module = "/opt/handlers/notification.wasm"
+subscribe = ["com.example.shop.shipment.created.v1"]
+"#;
+
+    fn manifest_path() -> &'static Path {
+        Path::new("examples/shop/evhost.toml")
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match Manifest::parse(text, manifest_path()) {
+            Ok(manifest) => panic!("expected problems, got {manifest:#?}"),
+            Err(err) => err.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// One problem from a handler made of `extra` plus the required keys.
+    fn handler_problem(extra: &str) -> String {
+        let text = format!(
+            "[app]\nname = \"a\"\n[[handler]]\nname = \"h\"\nmodule = \"h.wasm\"\nsubscribe = [\"t.v1\"]\n{extra}\n"
+        );
+        let problems = problems(&text);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        problems.into_iter().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn example_parses_to_the_plan_with_defaults_filled_in() {
+        let manifest = Manifest::parse(SHOP, manifest_path()).unwrap();
+        let expected = Manifest {
+            path: PathBuf::from("examples/shop/evhost.toml"),
+            dir: PathBuf::from("examples/shop"),
+            app: App {
+                name: "shop".into(),
+            },
+            handlers: vec![
+                HandlerSpec {
+                    name: "inventory".into(),
+                    module: PathBuf::from(
+                        "examples/shop/../../target/wasm32-wasip2/release/inventory.wasm",
+                    ),
+                    build: Some("cargo build --release --target wasm32-wasip2 -p inventory".into()),
+                    settings: HandlerSettings {
+                        subscribe: vec![
+                            "com.example.shop.order.placed.v1".into(),
+                            "com.example.shop.stock.added.v1".into(),
+                        ],
+                        concurrency: 8,
+                        ordering: Ordering::Key,
+                        key: KeySource::PartitionKey,
+                        max_pending: 10_000,
+                        timeout: Duration::from_millis(2000),
+                        memory_mb: 64,
+                        max_attempts: 5,
+                        backoff: Backoff {
+                            initial: Duration::from_millis(100),
+                            max: Duration::from_millis(30_000),
+                        },
+                        rate: Some(Rate {
+                            tokens: 200,
+                            period: RatePeriod::Second,
+                        }),
+                        config: BTreeMap::from([("decline_over".into(), "1000".into())]),
+                    },
+                },
+                HandlerSpec {
+                    name: "notification".into(),
+                    module: PathBuf::from("/opt/handlers/notification.wasm"),
+                    build: None,
+                    settings: HandlerSettings {
+                        subscribe: vec!["com.example.shop.shipment.created.v1".into()],
+                        ..HandlerSettings::default()
+                    },
+                },
+            ],
+        };
+        assert_eq!(manifest, expected);
+
+        let defaults = &manifest.handlers[1].settings;
+        assert_eq!(defaults.concurrency, 16);
+        assert_eq!(defaults.ordering, Ordering::Unordered);
+        assert_eq!(defaults.max_pending, 10_000);
+        assert_eq!(defaults.timeout, Duration::from_secs(5));
+        assert_eq!(defaults.memory_bytes(), 64 * 1024 * 1024);
+        assert_eq!(defaults.max_attempts, 5);
+        assert_eq!(defaults.backoff, Backoff::default());
+        assert_eq!(defaults.rate, None);
+        assert_eq!(
+            manifest.handler("notification"),
+            Some(&manifest.handlers[1])
+        );
+    }
+
+    #[test]
+    fn a_bare_file_name_resolves_against_the_current_folder() {
+        let manifest = Manifest::parse(SHOP, Path::new("evhost.toml")).unwrap();
+        assert_eq!(manifest.dir, PathBuf::from("."));
+    }
+
+    #[test]
+    fn every_problem_in_every_handler_is_reported_with_its_location() {
+        let text = r#"
+[app]
+name = "Shop"
+owner = "me"
+
+[[handler]]
+name = "inventory"
+module = "inventory.wasm"
+subscribe = ["com.example.a.v1"]
+concurency = 8
+ordering = "keyed"
+
+[[handler]]
+name = "payment"
+subscribe = []
+timeout_ms = 0
+backoff = { initial_ms = 100, max = 5 }
+
+[[handler]]
+module = "x.wasm"
+subscribe = ["com.example.a.v1"]
+
+[[handler]]
+name = "inventory"
+module = "again.wasm"
+subscribe = ["com.example.a.v1"]
+
+[handlers]
+"#;
+        assert_eq!(
+            problems(text),
+            [
+                "examples/shop/evhost.toml: key `app.name`: expected a name of lowercase letters a-z, digits 0-9, `-` and `_`, got \"Shop\"",
+                "examples/shop/evhost.toml: key `app.owner`: unknown key (expected one of: name)",
+                "examples/shop/evhost.toml: handler `inventory`: key `concurency`: unknown key (expected one of: name, module, build, subscribe, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_attempts, backoff, rate, config)",
+                "examples/shop/evhost.toml: handler `inventory`: key `ordering`: expected one of \"unordered\", \"key\", \"serial\", got \"keyed\"",
+                "examples/shop/evhost.toml: handler `payment`: key `module`: missing required key",
+                "examples/shop/evhost.toml: handler `payment`: key `backoff.max`: unknown key (expected one of: initial_ms, max_ms)",
+                "examples/shop/evhost.toml: handler `payment`: key `subscribe`: expected at least one event type, got []",
+                "examples/shop/evhost.toml: handler `payment`: key `timeout_ms`: expected an integer from 1 to 600000, got 0",
+                "examples/shop/evhost.toml: handler #3: key `name`: missing required key",
+                "examples/shop/evhost.toml: handler `inventory`: key `name`: handlers #1 and #4 are both named `inventory`",
+                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, handler)",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_bad_value_is_named() {
+        let cases = [
+            (
+                "concurrency = 0",
+                "key `concurrency`: expected an integer from 1 to 1024, got 0",
+            ),
+            (
+                "concurrency = 2000",
+                "key `concurrency`: expected an integer from 1 to 1024, got 2000",
+            ),
+            (
+                "concurrency = \"8\"",
+                "key `concurrency`: expected an integer from 1 to 1024, got \"8\"",
+            ),
+            (
+                "concurrency = 8.5",
+                "key `concurrency`: expected an integer from 1 to 1024, got 8.5",
+            ),
+            (
+                "ordering = 1",
+                "key `ordering`: expected one of \"unordered\", \"key\", \"serial\", got 1",
+            ),
+            (
+                "ordering = \"key\"\nkey = \"id\"",
+                "key `key`: expected one of \"partitionkey\", \"subject\", \"source\", got \"id\"",
+            ),
+            (
+                "key = \"subject\"",
+                "key `key`: has no effect unless `ordering = \"key\"`, and ordering is \"unordered\" (the default)",
+            ),
+            (
+                "ordering = \"unordered\"\nkey = \"subject\"",
+                "key `key`: has no effect unless `ordering = \"key\"`, and ordering is \"unordered\"",
+            ),
+            (
+                "max_pending = 0",
+                "key `max_pending`: expected an integer of at least 1, got 0",
+            ),
+            (
+                "max_pending = -5",
+                "key `max_pending`: expected an integer of at least 1, got -5",
+            ),
+            (
+                "timeout_ms = 600001",
+                "key `timeout_ms`: expected an integer from 1 to 600000, got 600001",
+            ),
+            (
+                "memory_mb = 4097",
+                "key `memory_mb`: expected an integer from 1 to 4096, got 4097",
+            ),
+            (
+                "max_attempts = 0",
+                "key `max_attempts`: expected an integer from 1 to 4294967295, got 0",
+            ),
+            (
+                "max_attempts = 5000000000",
+                "key `max_attempts`: expected an integer from 1 to 4294967295, got 5000000000",
+            ),
+            (
+                "backoff = 100",
+                "key `backoff`: expected a table such as { initial_ms = 100, max_ms = 30000 }, got 100",
+            ),
+            (
+                "backoff = { initial_ms = 0 }",
+                "key `backoff.initial_ms`: expected an integer from 1 to 86400000, got 0",
+            ),
+            (
+                "backoff = { initial_ms = 500, max_ms = 100 }",
+                "key `backoff`: `initial_ms` (500) must not exceed `max_ms` (100)",
+            ),
+            (
+                "backoff = { initial_ms = 60000 }",
+                "key `backoff`: `initial_ms` (60000) must not exceed `max_ms` (30000, the default)",
+            ),
+            (
+                "rate = \"0/s\"",
+                "key `rate`: expected a rate \"N/s\", \"N/m\" or \"N/h\" with N from 1 to 4294967295, got \"0/s\"",
+            ),
+            (
+                "rate = \"10/d\"",
+                "key `rate`: expected a rate \"N/s\", \"N/m\" or \"N/h\" with N from 1 to 4294967295, got \"10/d\"",
+            ),
+            (
+                "rate = \"+10/s\"",
+                "key `rate`: expected a rate \"N/s\", \"N/m\" or \"N/h\" with N from 1 to 4294967295, got \"+10/s\"",
+            ),
+            (
+                "rate = 200",
+                "key `rate`: expected a rate \"N/s\", \"N/m\" or \"N/h\" with N from 1 to 4294967295, got 200",
+            ),
+            (
+                "config = { limit = [1, 2] }",
+                "key `config.limit`: expected a string, integer, float or boolean, got an array",
+            ),
+            (
+                "config = \"limit=1\"",
+                "key `config`: expected a table, got \"limit=1\"",
+            ),
+            (
+                "build = \"\"",
+                "key `build`: expected a non-empty string, got \"\" (leave `build` out when the module is prebuilt)",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let problem = handler_problem(extra);
+            assert_eq!(
+                problem,
+                format!("examples/shop/evhost.toml: handler `h`: {expected}"),
+                "for {extra:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_subscriptions_are_named() {
+        let text = r#"
+[app]
+name = "a"
+[[handler]]
+name = "h"
+module = "h.wasm"
+subscribe = ["t.v1", "", "two words", 3, "t.v1"]
+[[handler]]
+name = "g"
+module = "g.wasm"
+subscribe = "t.v1"
+[[handler]]
+name = "f"
+module = "f.wasm"
+"#;
+        assert_eq!(
+            problems(text),
+            [
+                "examples/shop/evhost.toml: handler `h`: key `subscribe`: expected an event type, got \"\"",
+                "examples/shop/evhost.toml: handler `h`: key `subscribe`: expected an event type without whitespace, got \"two words\"",
+                "examples/shop/evhost.toml: handler `h`: key `subscribe`: expected an event type (a string), got 3",
+                "examples/shop/evhost.toml: handler `h`: key `subscribe`: `t.v1` is listed more than once",
+                "examples/shop/evhost.toml: handler `g`: key `subscribe`: expected an array of event types, got \"t.v1\"",
+                "examples/shop/evhost.toml: handler `f`: key `subscribe`: missing required key (a handler needs at least one event type)",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_names_are_named() {
+        let long = "a".repeat(65);
+        let text = format!(
+            r#"
+[[handler]]
+name = "{long}"
+module = "h.wasm"
+subscribe = ["t.v1"]
+[[handler]]
+name = "Order Flow"
+module = "h.wasm"
+subscribe = ["t.v1"]
+[[handler]]
+name = ""
+module = ""
+subscribe = ["t.v1"]
+[[handler]]
+name = 7
+module = "h.wasm"
+subscribe = ["t.v1"]
+"#
+        );
+        assert_eq!(
+            problems(&text),
+            [
+                format!(
+                    "examples/shop/evhost.toml: handler `{long}`: key `name`: expected at most 64 characters, got 65 (\"{long}\")"
+                ),
+                "examples/shop/evhost.toml: handler `Order Flow`: key `name`: expected a name of lowercase letters a-z, digits 0-9, `-` and `_`, got \"Order Flow\"".to_owned(),
+                "examples/shop/evhost.toml: handler #3: key `name`: expected a non-empty string, got \"\"".to_owned(),
+                "examples/shop/evhost.toml: handler #3: key `module`: expected a non-empty string, got \"\"".to_owned(),
+                "examples/shop/evhost.toml: handler #4: key `name`: expected a string, got 7".to_owned(),
+                "examples/shop/evhost.toml: key `app`: missing (every manifest needs an `[app]` table with a `name`)".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn serial_ordering_ignores_key() {
+        let text = "[app]\nname = \"a\"\n[[handler]]\nname = \"h\"\nmodule = \"h.wasm\"\nsubscribe = [\"t.v1\"]\nordering = \"serial\"\nkey = \"subject\"\n";
+        let manifest = Manifest::parse(text, manifest_path()).unwrap();
+        assert_eq!(manifest.handlers[0].settings.ordering, Ordering::Serial);
+    }
+
+    #[test]
+    fn a_manifest_without_handlers_is_valid() {
+        let manifest = Manifest::parse("[app]\nname = \"empty\"\n", manifest_path()).unwrap();
+        assert!(manifest.handlers.is_empty());
+    }
+
+    #[test]
+    fn single_bracket_handler_gets_a_hint() {
+        assert_eq!(
+            problems("[app]\nname = \"a\"\n[handler]\nname = \"h\"\n"),
+            [
+                "examples/shop/evhost.toml: key `handler`: expected an array of tables, got a table (write `[[handler]]`, with double brackets)"
+            ]
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_carry_line_and_column() {
+        let text = "[app]\nname = \"shop\"\n\n[[handler]]\nname = \"inventory\nmodule = \"x\"\n";
+        assert_eq!(
+            problems(text),
+            [
+                "examples/shop/evhost.toml: invalid TOML at line 5, column 18: invalid basic string, expected `\"`"
+            ]
+        );
+        assert_eq!(
+            problems("[app]\nname = \"a\"\nname = \"b\"\n"),
+            ["examples/shop/evhost.toml: invalid TOML at line 3, column 1: duplicate key `name`"]
+        );
+    }
+
+    #[test]
+    fn config_values_are_kept_as_strings() {
+        let settings = HandlerSettings::parse_toml(
+            "subscribe = [\"t.v1\"]\nconfig = { s = \"x\", i = 1000, f = 1.0, g = 2.5, b = true }\n",
+            "deploy",
+        )
+        .unwrap();
+        let expected = [
+            ("b", "true"),
+            ("f", "1.0"),
+            ("g", "2.5"),
+            ("i", "1000"),
+            ("s", "x"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(settings.config, BTreeMap::from(expected));
+    }
+
+    #[test]
+    fn standalone_settings_parse_with_the_same_rules() {
+        let settings = HandlerSettings::parse_toml(
+            r#"
+subscribe = ["com.example.shop.stock.reserved.v1"]
+ordering = "serial"
+rate = "30/m"
+backoff = { max_ms = 1000 }
+"#,
+            "payment.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            settings,
+            HandlerSettings {
+                subscribe: vec!["com.example.shop.stock.reserved.v1".into()],
+                ordering: Ordering::Serial,
+                rate: Some(Rate {
+                    tokens: 30,
+                    period: RatePeriod::Minute
+                }),
+                backoff: Backoff {
+                    initial: DEFAULT_BACKOFF_INITIAL,
+                    max: Duration::from_millis(1000),
+                },
+                ..HandlerSettings::default()
+            }
+        );
+        assert_eq!(settings.rate.map(|r| r.per_second()), Some(0.5));
+
+        let err =
+            HandlerSettings::parse_toml("name = \"payment\"\nconcurrency = 0\n", "payment.toml")
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "payment.toml: key `concurrency`: expected an integer from 1 to 1024, got 0\n\
+             payment.toml: key `name`: unknown key (expected one of: subscribe, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_attempts, backoff, rate, config)\n\
+             payment.toml: key `subscribe`: missing required key (a handler needs at least one event type)"
+        );
+    }
+
+    #[test]
+    fn settings_round_trip_through_toml() {
+        let manifest = Manifest::parse(SHOP, manifest_path()).unwrap();
+        for handler in &manifest.handlers {
+            let text = handler.settings.to_toml();
+            let back = HandlerSettings::parse_toml(&text, "round trip").unwrap();
+            assert_eq!(back, handler.settings, "{text}");
+        }
+        let serial = HandlerSettings {
+            subscribe: vec!["t.v1".into()],
+            ordering: Ordering::Serial,
+            key: KeySource::Source,
+            rate: Some(Rate {
+                tokens: 7,
+                period: RatePeriod::Hour,
+            }),
+            ..HandlerSettings::default()
+        };
+        let back = HandlerSettings::parse_toml(&serial.to_toml(), "round trip").unwrap();
+        assert_eq!(back, serial);
+    }
+
+    #[test]
+    fn load_takes_a_file_or_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE);
+        std::fs::write(&path, SHOP).unwrap();
+
+        let from_dir = Manifest::load(dir.path()).unwrap();
+        let from_file = Manifest::load(&path).unwrap();
+        assert_eq!(from_dir, from_file);
+        assert_eq!(from_dir.path, path);
+        assert_eq!(from_dir.dir, dir.path());
+        assert_eq!(
+            from_dir.handlers[0].module,
+            dir.path()
+                .join("../../target/wasm32-wasip2/release/inventory.wasm")
+        );
+    }
+
+    #[test]
+    fn a_missing_manifest_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Manifest::load(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: no such file (the folder has no `evhost.toml`)",
+                dir.path().join(MANIFEST_FILE).display()
+            )
+        );
+
+        let missing = dir.path().join("nope.toml");
+        let err = Manifest::load(&missing).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: no such file or folder (expected an `evhost.toml` or a folder holding one)",
+                missing.display()
+            )
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! # evhost
+//!
+//! A host runtime for serverless event handlers on WebAssembly. Producers POST CloudEvents;
+//! evhost stores each event durably, routes it by its versioned `type` to every subscribed
+//! handler, and runs each handler as a sandboxed Wasm component.
+//!
+//! # Layout
+//!
+//! Data moves one way through one module per pipeline stage:
+//!
+//! ```text
+//! ingress -> router -> store -> scheduler -> runtime -> store
+//! ```
+//!
+//! - [`ingress`] decodes and validates CloudEvents from HTTP (binary, structured, batch).
+//! - [`router`] turns an event into one delivery per subscribed handler.
+//! - [`store`] appends events with their deliveries durably, and commits an invocation's
+//!   outcome (state writes, emitted events and their deliveries, delivery done) atomically.
+//! - [`scheduler`] picks pending deliveries per handler under its concurrency and ordering
+//!   rules, and retries failures with backoff.
+//! - [`runtime`] runs one delivery in a fresh sandboxed Wasm instance; [`capabilities`] are
+//!   the host side of each WIT import, staging the handler's effects.
+//! - [`config`] reads and validates the application manifest; [`admin`] serves the read side.
+//!
+//! The binary (`main.rs`) parses the command line and calls [`run`]; tests call the same
+//! [`run`] on `127.0.0.1:0`.
+
+pub mod admin;
+pub mod capabilities;
+pub mod config;
+pub mod event;
+pub mod ingress;
+pub mod router;
+pub mod runtime;
+pub mod scheduler;
+pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::config::Manifest;
+use crate::ingress::problem::Problem;
+use crate::runtime::{Runtime, RuntimeOptions};
+use crate::scheduler::Scheduler;
+use crate::store::{Durability, Store};
+
+/// How the host runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the store (and the compiled-module cache) live.
+    pub data_dir: PathBuf,
+    /// The application: its handlers are loaded at start-up.
+    pub manifest: Option<Manifest>,
+    pub durability: Durability,
+    /// The largest request body ingress reads; never below [`ingress::MIN_BODY_LIMIT`].
+    pub body_limit: usize,
+    /// Where compiled components are cached; `None` puts the cache under `data_dir`.
+    pub cache_dir: Option<PathBuf>,
+    /// How long in-flight invocations may run on after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+impl Options {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            data_dir: data_dir.into(),
+            manifest: None,
+            durability: Durability::Full,
+            body_limit: ingress::DEFAULT_BODY_LIMIT,
+            cache_dir: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every HTTP handler shares.
+pub struct AppState {
+    pub scheduler: Arc<Scheduler>,
+    pub body_limit: usize,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(scheduler: Arc<Scheduler>, body_limit: usize) -> AppState {
+        AppState {
+            scheduler,
+            body_limit,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+}
+
+/// The HTTP interface (DESIGN section 6).
+pub fn router(state: Arc<AppState>) -> Router {
+    let ingress = post(ingress::post)
+        .options(ingress::options)
+        .fallback(ingress::method_not_allowed);
+    Router::new()
+        .route("/", ingress.clone())
+        .route("/events", ingress)
+        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/admin/events", get(admin::events))
+        .route("/admin/handlers", get(admin::handlers))
+        .route("/admin/state/{handler}/{*key}", get(admin::state))
+        .fallback(|| async { Problem::not_found("no such resource") })
+        .with_state(state)
+}
+
+/// Open the store, load the manifest's handlers, and serve on `listener` until `shutdown`
+/// completes; then stop taking events, let in-flight invocations finish within the grace
+/// period, and return.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if options.body_limit < ingress::MIN_BODY_LIMIT {
+        bail!(
+            "the body limit of {} bytes is below the CloudEvents minimum of {} bytes",
+            options.body_limit,
+            ingress::MIN_BODY_LIMIT
+        );
+    }
+    let data_dir = std::path::absolute(&options.data_dir)
+        .with_context(|| format!("bad data directory {:?}", options.data_dir))?;
+    let store = Store::open(&data_dir, options.durability)?;
+    let cache_dir = match &options.cache_dir {
+        Some(dir) => std::path::absolute(dir)?,
+        None => data_dir.join("compiled"),
+    };
+    let runtime = Arc::new(Runtime::new(&RuntimeOptions {
+        cache_dir: Some(cache_dir),
+    })?);
+    let handlers = match &options.manifest {
+        Some(manifest) => load_handlers(&runtime, manifest).await?,
+        None => Vec::new(),
+    };
+    let scheduler = Scheduler::new(store, runtime);
+    scheduler.start(handlers).await?;
+
+    let state = Arc::new(AppState::new(scheduler.clone(), options.body_limit));
+    let app = router(state.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, store = ?scheduler.store().path(), "evhost is serving");
+
+    let shutdown_state = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            shutdown_state.shutting_down.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: no new events, waiting for open requests");
+        })
+        .await
+        .context("the HTTP server failed")?;
+    scheduler.shutdown(options.shutdown_grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Compile and check every handler of `manifest`, off the async threads, all at once so that
+/// every broken module is reported, not the first only.
+async fn load_handlers(
+    runtime: &Arc<Runtime>,
+    manifest: &Manifest,
+) -> Result<Vec<runtime::DeployedHandler>> {
+    let mut tasks = Vec::new();
+    for spec in manifest.handlers.clone() {
+        let runtime = runtime.clone();
+        let source = format!("/{}/{}", manifest.app.name, spec.name);
+        tasks.push(tokio::task::spawn_blocking(move || {
+            runtime.load(&spec.name, &spec.module, spec.settings, source)
+        }));
+    }
+    let mut loaded = Vec::new();
+    let mut problems = Vec::new();
+    for task in tasks {
+        match task.await.context("a handler compile panicked")? {
+            Ok(handler) => loaded.push(handler),
+            Err(err) => problems.push(format!("{err:#}")),
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{}: {} handler(s) failed to load:\n  {}",
+            manifest.path.display(),
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(loaded)
+}

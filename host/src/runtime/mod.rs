@@ -1,0 +1,389 @@
+//! The runtime: runs one delivery in a fresh, sandboxed Wasm component instance.
+//!
+//! It owns the process-wide [`Runtime`] (one wasmtime `Engine` with the pooling allocator and
+//! epoch interruption, one `Linker`, the epoch ticker) and each loaded handler's
+//! [`DeployedHandler`] (its `InstancePre`, checked against the `handler` world when loaded).
+//! [`Runtime::invoke`] gets an event from the scheduler and hands back what the handler
+//! staged, or why it failed; it never writes to the store (the scheduler commits).
+//!
+//! # Sandboxing
+//!
+//! Every invocation gets a new `Store`, dropped after it: nothing survives from one event to
+//! the next except through the `state` capability. The handler gets WASI clocks, random and
+//! captured stdout/stderr; no filesystem, no sockets, no environment, no arguments. Memory
+//! is capped per handler by a resource limiter, time by the epoch deadline: the instance
+//! yields to tokio every epoch tick, so the wall-clock timeout can cancel even a handler
+//! that loops forever, and a busy handler cannot hold a worker thread for longer than a
+//! tick. Epochs, not fuel: fuel instruments every basic block and costs throughput on every
+//! call, epochs cost one check per loop header and function entry.
+
+mod limits;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::capabilities::{Invocation, Staged};
+use crate::config::HandlerSettings;
+use crate::event::Event;
+use crate::store::StateReader;
+
+pub use limits::MemoryLimiter;
+
+/// The host side of the `handler` world, generated from `wit/0.1.0`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "handler",
+        path: "../wit/0.1.0",
+        imports: { default: trappable },
+        exports: { default: async },
+    });
+}
+
+use bindings::evhost::handler::types::{Event as WitEvent, HandlerError};
+use bindings::{Handler, HandlerPre};
+
+/// How often the epoch advances. A handler yields to the async runtime once per tick, and
+/// timeouts are enforced to within a tick.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Captured stdout and stderr kept per invocation; beyond this, output is dropped.
+const STDIO_CAPTURE_BYTES: usize = 64 * 1024;
+
+/// Component instances that can exist at once across all handlers (pooling allocator slots).
+/// Each slot only reserves address space until used.
+const MAX_INSTANCES: u32 = 1000;
+
+/// The largest linear memory any handler may grow to; a handler's own `memory_mb` is lower.
+const MAX_MEMORY_BYTES: usize = 4 << 30;
+
+/// Process-wide Wasm machinery.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// One loaded version of a handler: compiled, linked and type-checked.
+pub struct DeployedHandler {
+    pub name: String,
+    pub settings: HandlerSettings,
+    /// The source this module was made from (the event `source` of what it emits).
+    pub source: String,
+    /// The handler's `config` settings, shared by all its invocations.
+    pub config: Arc<BTreeMap<String, String>>,
+    pre: HandlerPre<HostState>,
+}
+
+impl std::fmt::Debug for DeployedHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeployedHandler")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InvokeError {
+    /// The handler asked for a retry.
+    #[error("handler asked to retry: {0}")]
+    Retry(String),
+    /// The handler rejected the event: dead-letter it without retrying.
+    #[error("handler rejected the event: {0}")]
+    Reject(String),
+    #[error("handler trapped: {0}")]
+    Trap(String),
+    #[error("handler timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("handler exceeded its memory limit of {0} MiB")]
+    MemoryExceeded(u64),
+    /// The host could not set up the instance (e.g. all pooling slots in use).
+    #[error("failed to start the handler: {0}")]
+    Instantiate(String),
+}
+
+impl InvokeError {
+    /// Whether another attempt may succeed: only a handler's own `reject` says no.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, InvokeError::Reject(_))
+    }
+}
+
+/// Everything one invocation's `Store` holds; dropped with it.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    invocation: Invocation,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Where compiled components are cached between runs; `None` compiles every time.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Runtime {
+    pub fn new(options: &RuntimeOptions) -> Result<Runtime> {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 2)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 2)
+            .total_stacks(MAX_INSTANCES)
+            .max_memories_per_component(4)
+            .max_tables_per_component(4)
+            .max_memory_size(MAX_MEMORY_BYTES);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        if let Some(dir) = &options.cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(
+                wasmtime::Cache::new(cache)
+                    .map_err(anyhow::Error::from)
+                    .context("failed to set up the compiled-module cache")?,
+            ));
+        }
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("failed to create the wasm engine")?;
+
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link the wasi interfaces")?;
+        Handler::add_to_linker::<_, HasSelf<Invocation>>(&mut linker, |state| {
+            &mut state.invocation
+        })
+        .map_err(anyhow::Error::from)
+        .context("failed to link the handler interfaces")?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(&engine, ticker_stop.clone())?;
+        Ok(Runtime {
+            engine,
+            linker,
+            ticker_stop,
+        })
+    }
+
+    /// Compile `module` and check it against the `handler` world. Blocking (compilation):
+    /// call it off the async threads. Every failure names the handler and what is wrong.
+    pub fn load(
+        &self,
+        name: &str,
+        module: &Path,
+        settings: HandlerSettings,
+        source: String,
+    ) -> Result<DeployedHandler> {
+        let bytes = std::fs::read(module)
+            .with_context(|| format!("handler `{name}`: failed to read module {module:?}"))?;
+        self.load_bytes(name, &bytes, settings, source)
+            .with_context(|| format!("handler `{name}`: module {module:?}"))
+    }
+
+    /// [`Runtime::load`] from bytes.
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        settings: HandlerSettings,
+        source: String,
+    ) -> Result<DeployedHandler> {
+        if is_core_module(bytes) {
+            return Err(anyhow!(
+                "it is a core wasm module, not a component (build it for wasm32-wasip2, or \
+                 wrap it with `wasm-tools component new`)"
+            ));
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("it is not a valid component")?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("it imports something the host does not provide")?;
+        let pre = HandlerPre::new(instance_pre)
+            .map_err(anyhow::Error::from)
+            .context(
+                "it does not export the `evhost:handler/handler` world (`handle: func(event) -> \
+             result<_, handler-error>`)",
+            )?;
+        Ok(DeployedHandler {
+            name: name.to_owned(),
+            config: Arc::new(settings.config.clone()),
+            settings,
+            source,
+            pre,
+        })
+    }
+
+    /// Run `handler` on `event` in a fresh instance; return what it staged.
+    pub async fn invoke(
+        &self,
+        handler: &DeployedHandler,
+        event: &Event,
+        state: StateReader,
+    ) -> Result<Staged, InvokeError> {
+        let stdout = MemoryOutputPipe::new(STDIO_CAPTURE_BYTES);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPTURE_BYTES);
+        // No preopens, no environment, no arguments, no network: the handler's world is the
+        // event and the host's capabilities.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let memory_limit = u64::from(handler.settings.memory_mb) << 20;
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter::new(memory_limit),
+                invocation: Invocation::new(handler, event, state),
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let timeout = handler.settings.timeout;
+        let wit_event = to_wit(event);
+        let outcome = tokio::time::timeout(timeout, async {
+            let instance = handler
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|err| (true, err))?;
+            instance
+                .call_handle(&mut store, &wit_event)
+                .await
+                .map_err(|err| (false, err))
+        })
+        .await;
+
+        let captured = [("stdout", stdout), ("stderr", stderr)];
+        for (stream, pipe) in captured {
+            log_captured(&handler.name, &event.id, stream, &pipe.contents());
+        }
+
+        let memory_exceeded = store.data().limiter.exceeded();
+        match outcome {
+            Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
+            Ok(Err(_)) if memory_exceeded => Err(InvokeError::MemoryExceeded(memory_limit >> 20)),
+            Ok(Err((true, err))) if err.downcast_ref::<wasmtime::Trap>().is_none() => Err(
+                InvokeError::Instantiate(format!("{:#}", anyhow::Error::from(err))),
+            ),
+            Ok(Err((_, err))) => Err(InvokeError::Trap(trap_message(&err))),
+            Ok(Ok(Err(HandlerError::Retry(reason)))) => Err(InvokeError::Retry(reason)),
+            Ok(Ok(Err(HandlerError::Reject(reason)))) => Err(InvokeError::Reject(reason)),
+            Ok(Ok(Ok(()))) => Ok(store.into_data().invocation.into_staged()),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, AtomicOrdering::Relaxed);
+    }
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] on a plain thread: a timer that must keep
+/// ticking even when every tokio worker is busy running Wasm.
+fn spawn_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) -> Result<()> {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("evhost-epoch".into())
+        .spawn(move || {
+            while !stop.load(AtomicOrdering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .context("failed to start the epoch ticker")?;
+    Ok(())
+}
+
+/// A core module starts with the same magic as a component but a different version/layer.
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+/// The trap's own message, plus the guest backtrace when there is one.
+fn trap_message(err: &wasmtime::Error) -> String {
+    let mut message = match err.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => err.root_cause().to_string(),
+    };
+    if let Some(backtrace) = err.downcast_ref::<wasmtime::WasmBacktrace>() {
+        let frames: Vec<String> = backtrace
+            .frames()
+            .iter()
+            .take(8)
+            .filter_map(|frame| frame.func_name().map(str::to_owned))
+            .collect();
+        if !frames.is_empty() {
+            message.push_str(" (in ");
+            message.push_str(&frames.join(" <- "));
+            message.push(')');
+        }
+    }
+    message
+}
+
+fn log_captured(handler: &str, event_id: &str, stream: &str, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    for line in String::from_utf8_lossy(bytes).lines() {
+        tracing::info!(target: "evhost::handler", handler, event_id, stream, "{line}");
+    }
+}
+
+fn to_wit(event: &Event) -> WitEvent {
+    WitEvent {
+        id: event.id.clone(),
+        source: event.source.clone(),
+        specversion: crate::event::SPEC_VERSION.to_owned(),
+        type_: event.ty.clone(),
+        datacontenttype: event.datacontenttype.clone(),
+        dataschema: event.dataschema.clone(),
+        subject: event.subject.clone(),
+        time: event.time.clone(),
+        extensions: event
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        data: event.data.clone(),
+    }
+}

@@ -1,0 +1,414 @@
+//! The scheduler: when each pending delivery runs, and what happens after.
+//!
+//! One worker task per handler picks the handler's pending deliveries from the store (pending
+//! work lives there, not in memory queues, so it survives a restart and memory stays
+//! bounded), starts an invocation for each delivery its rules allow, and hands each outcome
+//! to the store: a success commits the handler's effects with the delivery, a failure
+//! records the error and schedules a retry with backoff or dead-letters the delivery. Only
+//! the scheduler settles deliveries.
+//!
+//! # Rules
+//!
+//! - At most `concurrency` invocations of a handler are in flight (its semaphore).
+//! - `ordering = "key"`: deliveries with the same ordering key run one at a time, in the
+//!   order they were appended; a delivery waiting for its retry holds its key, so later
+//!   events for that key wait while other keys flow. `serial` is one key for everything.
+//! - A delivery is never started twice at once: the worker alone adds to and removes from
+//!   its in-flight set, and it removes a delivery only after that delivery's outcome is
+//!   durable, so a later read of the store can no longer see it pending.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use anyhow::Result;
+use arc_swap::ArcSwap;
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+
+use crate::config::Backoff;
+use crate::router::RouteTable;
+use crate::runtime::{DeployedHandler, InvokeError, Runtime};
+use crate::store::{Commit, Committed, Failure, PendingDelivery, Store, now_ms};
+
+/// Pending deliveries read per look at the store, beyond the handler's concurrency. Deeper
+/// windows let more keys proceed past a blocked one, at the cost of a larger read.
+const MIN_WINDOW: u32 = 256;
+
+/// After a store error the worker waits this long before looking again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+/// Shared by the host, ingress and every worker.
+pub struct Scheduler {
+    store: Store,
+    runtime: Arc<Runtime>,
+    routes: ArcSwap<RouteTable>,
+    handlers: ArcSwap<HashMap<String, Arc<HandlerSlot>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// One handler's scheduling state, for as long as the handler is deployed.
+pub struct HandlerSlot {
+    deployed: ArcSwap<DeployedHandler>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    /// Deliveries appended and not yet settled (done or dead).
+    pending: AtomicU64,
+}
+
+impl HandlerSlot {
+    pub fn deployed(&self) -> Arc<DeployedHandler> {
+        self.deployed.load_full()
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.pending.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Invocations running now.
+    pub fn in_flight(&self) -> usize {
+        let concurrency = self.deployed.load().settings.concurrency as usize;
+        concurrency.saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// A finished invocation, reported to its worker.
+struct Finished {
+    delivery_id: i64,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, runtime: Arc<Runtime>) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            store,
+            runtime,
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            handlers: ArcSwap::from_pointee(HashMap::new()),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The current routing table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    pub fn handler(&self, name: &str) -> Option<Arc<HandlerSlot>> {
+        self.handlers.load().get(name).cloned()
+    }
+
+    pub fn handler_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.handlers.load().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Start scheduling `handlers` (at start-up): rebuild the routes, count what is already
+    /// pending in the store, and start one worker per handler.
+    pub async fn start(self: &Arc<Self>, handlers: Vec<DeployedHandler>) -> Result<()> {
+        let pending: HashMap<String, u64> =
+            self.store.pending_counts().await?.into_iter().collect();
+        let mut routes = RouteTable::default();
+        let mut slots = HashMap::new();
+        for deployed in handlers {
+            let settings = &deployed.settings;
+            routes.subscribe(
+                &deployed.name,
+                &settings.subscribe,
+                settings.ordering,
+                settings.key,
+            );
+            let slot = Arc::new(HandlerSlot {
+                permits: Arc::new(Semaphore::new(settings.concurrency as usize)),
+                pending: AtomicU64::new(pending.get(&deployed.name).copied().unwrap_or(0)),
+                wake: Notify::new(),
+                deployed: ArcSwap::from_pointee(deployed),
+            });
+            slots.insert(slot.deployed.load().name.clone(), slot);
+        }
+        self.routes.store(Arc::new(routes));
+        self.handlers.store(Arc::new(slots.clone()));
+        for slot in slots.into_values() {
+            let scheduler = self.clone();
+            tokio::spawn(async move { scheduler.run_worker(slot).await });
+        }
+        Ok(())
+    }
+
+    /// New deliveries were appended for these handlers: count them and wake their workers.
+    pub fn appended<'a>(&self, handlers: impl IntoIterator<Item = &'a str>) {
+        let slots = self.handlers.load();
+        for name in handlers {
+            if let Some(slot) = slots.get(name) {
+                slot.pending.fetch_add(1, AtomicOrdering::Relaxed);
+                slot.wake.notify_one();
+            }
+        }
+    }
+
+    /// Stop starting invocations, and wait up to `grace` for those in flight to finish.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown.send_replace(true);
+        let slots = self.handlers.load_full();
+        let drained = async {
+            for slot in slots.values() {
+                let all = slot.deployed.load().settings.concurrency;
+                // Every permit back means no invocation of this handler is running.
+                drop(slot.permits.acquire_many(all).await);
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "invocations still running at shutdown; they will be retried on the next start"
+            );
+        }
+    }
+
+    async fn run_worker(self: Arc<Self>, slot: Arc<HandlerSlot>) {
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut in_flight: HashMap<i64, Option<String>> = HashMap::new();
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let next_due = match self.dispatch(&slot, &mut in_flight, &finished_tx).await {
+                Ok(next_due) => next_due,
+                Err(err) => {
+                    tracing::error!(
+                        handler = slot.deployed.load().name,
+                        error = format!("{err:#}"),
+                        "failed to read pending deliveries"
+                    );
+                    Some(now_ms() + STORE_ERROR_PAUSE.as_millis() as i64)
+                }
+            };
+            let sleep = async {
+                match next_due {
+                    Some(at) => {
+                        let wait = (at - now_ms()).max(0) as u64;
+                        tokio::time::sleep(Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(finished) = finished_rx.recv() => {
+                    in_flight.remove(&finished.delivery_id);
+                    // Take every other report already waiting before looking at the store.
+                    while let Ok(finished) = finished_rx.try_recv() {
+                        in_flight.remove(&finished.delivery_id);
+                    }
+                }
+                () = slot.wake.notified() => {}
+                () = sleep => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Start every delivery the rules allow now; return when the earliest waiting retry is due.
+    async fn dispatch(
+        self: &Arc<Self>,
+        slot: &Arc<HandlerSlot>,
+        in_flight: &mut HashMap<i64, Option<String>>,
+        finished: &mpsc::UnboundedSender<Finished>,
+    ) -> Result<Option<i64>> {
+        if slot.permits.available_permits() == 0 {
+            return Ok(None); // a finishing invocation wakes the worker
+        }
+        let deployed = slot.deployed.load_full();
+        let window = MIN_WINDOW.max(deployed.settings.concurrency * 4);
+        let pending = self.store.pending(&deployed.name, window).await?;
+
+        let mut held_keys: HashSet<String> = in_flight.values().flatten().cloned().collect();
+        let mut next_due: Option<i64> = None;
+        let now = now_ms();
+        for delivery in pending {
+            if in_flight.contains_key(&delivery.id) {
+                continue;
+            }
+            if let Some(key) = &delivery.ordering_key
+                && !held_keys.insert(key.clone())
+            {
+                continue; // an earlier delivery for this key runs or waits for its retry
+            }
+            if delivery.not_before_ms > now {
+                next_due = Some(
+                    next_due.map_or(delivery.not_before_ms, |t| t.min(delivery.not_before_ms)),
+                );
+                continue;
+            }
+            let Ok(permit) = slot.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            in_flight.insert(delivery.id, delivery.ordering_key.clone());
+            let scheduler = self.clone();
+            let slot = slot.clone();
+            let finished = finished.clone();
+            tokio::spawn(async move {
+                let delivery_id = delivery.id;
+                scheduler.run_delivery(&slot, delivery).await;
+                drop(permit);
+                // The worker may be gone (handler removed); then nobody needs the report.
+                drop(finished.send(Finished { delivery_id }));
+            });
+        }
+        Ok(next_due)
+    }
+
+    /// Invoke the handler for one delivery and settle the outcome in the store.
+    async fn run_delivery(&self, slot: &HandlerSlot, delivery: PendingDelivery) {
+        let deployed = slot.deployed.load_full();
+        let reader = self.store.state_reader(&deployed.name);
+        let outcome = self
+            .runtime
+            .invoke(&deployed, &delivery.event, reader)
+            .await;
+        let settled = match outcome {
+            Ok(staged) => self.commit(&deployed, &delivery, staged).await,
+            Err(error) => self.record_failure(&deployed, &delivery, error).await,
+        };
+        match settled {
+            Ok(true) => {
+                slot.pending.fetch_sub(1, AtomicOrdering::Relaxed);
+            }
+            Ok(false) => {}
+            Err(err) => {
+                // Nothing was settled: the delivery is still pending and runs again.
+                tracing::error!(
+                    handler = deployed.name,
+                    event_id = delivery.event.id,
+                    error = format!("{err:#}"),
+                    "failed to record a delivery's outcome"
+                );
+            }
+        }
+    }
+
+    /// Commit a success; `Ok(true)` when the delivery left the pending set.
+    async fn commit(
+        &self,
+        deployed: &DeployedHandler,
+        delivery: &PendingDelivery,
+        staged: crate::capabilities::Staged,
+    ) -> Result<bool> {
+        let routes = self.routes();
+        let emitted: Vec<_> = staged
+            .emitted
+            .into_iter()
+            .map(|e| routes.route(e))
+            .collect();
+        let targets: Vec<Vec<String>> = emitted
+            .iter()
+            .map(|r| r.deliveries.iter().map(|d| d.handler.clone()).collect())
+            .collect();
+        let committed = self
+            .store
+            .commit(Commit {
+                delivery_id: delivery.id,
+                handler: deployed.name.clone(),
+                state_writes: staged.state_writes.into_iter().collect(),
+                emitted,
+            })
+            .await?;
+        match committed {
+            Committed::Done { emitted } => {
+                for (appended, handlers) in emitted.iter().zip(&targets) {
+                    if appended.is_new() {
+                        self.appended(handlers.iter().map(String::as_str));
+                    }
+                }
+                tracing::debug!(
+                    handler = deployed.name,
+                    event_id = delivery.event.id,
+                    "delivered"
+                );
+                Ok(true)
+            }
+            Committed::AlreadySettled => Ok(false),
+        }
+    }
+
+    /// Record a failure: retry with backoff, or dead-letter. `Ok(true)` when dead-lettered.
+    async fn record_failure(
+        &self,
+        deployed: &DeployedHandler,
+        delivery: &PendingDelivery,
+        error: InvokeError,
+    ) -> Result<bool> {
+        let settings = &deployed.settings;
+        let attempt = delivery.attempts + 1;
+        let retry_at_ms = (error.is_retryable() && attempt < settings.max_attempts)
+            .then(|| now_ms() + backoff_delay(&settings.backoff, attempt).as_millis() as i64);
+        let message = error.to_string();
+        match retry_at_ms {
+            Some(_) => tracing::warn!(
+                handler = deployed.name,
+                event_id = delivery.event.id,
+                attempt,
+                error = message,
+                "delivery failed; will retry"
+            ),
+            None => tracing::warn!(
+                handler = deployed.name,
+                event_id = delivery.event.id,
+                attempt,
+                error = message,
+                "delivery failed; dead-lettered"
+            ),
+        }
+        self.store
+            .fail(Failure {
+                delivery_id: delivery.id,
+                error: message,
+                retry_at_ms,
+            })
+            .await?;
+        Ok(retry_at_ms.is_none())
+    }
+}
+
+/// The wait before attempt `attempt + 1`: exponential from `initial`, capped at `max`, with
+/// jitter (a random point in the upper half) so that many failing deliveries do not retry
+/// in lockstep.
+pub fn backoff_delay(backoff: &Backoff, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(32);
+    let ceiling = backoff
+        .initial
+        .saturating_mul(1u32 << exp.min(31))
+        .min(backoff.max);
+    let factor = rand::rng().random_range(0.5..=1.0);
+    ceiling.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_caps() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for _ in 0..100 {
+            let first = backoff_delay(&backoff, 1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff_delay(&backoff, 3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff_delay(&backoff, 30);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The store: the event log, deliveries, handler state, all in one SQLite database.
+//!
+//! Ingress hands it validated events with their routed deliveries ([`Store::append`]); the
+//! scheduler reads pending deliveries ([`Store::pending`]) and hands back each invocation's
+//! outcome ([`Store::commit`] or [`Store::fail`]). Handler state is read only through
+//! [`StateReader`], which the `state` capability scopes to one handler.
+//!
+//! # Invariants
+//!
+//! - When `append` returns, the events and their deliveries are on disk (WAL, fsync per
+//!   commit with `synchronous=FULL`): a crash after the 202 loses nothing.
+//! - An event is stored once per (`source`, `id`); a duplicate append stores nothing and
+//!   creates no delivery.
+//! - A delivery is `pending` until exactly one `commit` marks it `done`, or `fail` marks it
+//!   `dead`. A commit for a delivery that is no longer pending changes nothing, so a handler
+//!   that ran twice for one event has its effects committed once.
+//! - A commit's state writes, emitted events (with their deliveries) and the delivery's
+//!   completion land in one transaction: a crash leaves all of them or none.
+//!
+//! All writes go through one writer thread that group-commits: every request waiting when a
+//! transaction starts shares it and its one fsync (see [`writer`]).
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::event::Event;
+
+pub use writer::WriteStats;
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync on every group commit: nothing answered 202 is lost on power failure.
+    #[default]
+    Full,
+    /// No fsync (`synchronous=OFF`): survives a process crash, not a power cut. For measuring
+    /// the cost of durability, never for production.
+    Off,
+}
+
+/// A delivery to create for an appended event: one per subscribed handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub handler: String,
+    /// The ordering key, when the handler orders by key and the event has one.
+    pub ordering_key: Option<String>,
+}
+
+/// An event to append, with the deliveries the router made for it.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub event: Event,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// What became of one appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored at this log position, with its deliveries.
+    New { seq: i64 },
+    /// Already in the log (same `source` and `id`) at this position; nothing was stored.
+    Duplicate { seq: i64 },
+}
+
+impl Appended {
+    pub fn is_new(&self) -> bool {
+        matches!(self, Appended::New { .. })
+    }
+}
+
+/// A delivery waiting to run, with its event.
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    pub id: i64,
+    pub seq: i64,
+    pub handler: String,
+    pub ordering_key: Option<String>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Unix milliseconds before which it must not run (0 = now).
+    pub not_before_ms: i64,
+    pub event: Event,
+}
+
+/// One state change staged by an invocation; `None` deletes the key.
+pub type StateWrite = (String, Option<Vec<u8>>);
+
+/// The effects of one successful invocation, committed atomically.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub delivery_id: i64,
+    pub handler: String,
+    pub state_writes: Vec<StateWrite>,
+    pub emitted: Vec<Routed>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// The effects landed; the emitted events are as appended.
+    Done { emitted: Vec<Appended> },
+    /// The delivery was no longer pending (already done or dead): nothing was written.
+    AlreadySettled,
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub delivery_id: i64,
+    pub error: String,
+    /// Retry at this unix-millisecond time, or `None` to dead-letter now.
+    pub retry_at_ms: Option<i64>,
+}
+
+/// The event log query of `GET /admin/events`.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub ty: Option<String>,
+    pub source: Option<String>,
+    pub subject: Option<String>,
+    /// Only events after this log position.
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
+/// An event as the log holds it.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    pub seq: i64,
+    pub received_at_ms: i64,
+    pub event: Event,
+    pub deliveries: Vec<DeliveryStatus>,
+}
+
+/// Where one delivery of a logged event stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryStatus {
+    pub id: i64,
+    pub handler: String,
+    /// `pending`, `done` or `dead`.
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: writer::Writer,
+    readers: ReadPool,
+}
+
+impl Store {
+    /// Open (or create) the database `evhost.db` in `data_dir`.
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Store> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("failed to create the data directory {data_dir:?}"))?;
+        let path = data_dir.join("evhost.db");
+        let conn = Connection::open(&path)
+            .with_context(|| format!("failed to open the store at {path:?}"))?;
+        schema::prepare_writer(&conn, durability)
+            .with_context(|| format!("failed to prepare the store at {path:?}"))?;
+        let writer = writer::Writer::spawn(conn)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                readers: ReadPool::new(path.clone()),
+                path,
+                writer,
+            }),
+        })
+    }
+
+    /// The database file, for people who want to look with `sqlite3`.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Append events (one request's worth: all or nothing) and their deliveries; returns once
+    /// durable.
+    pub async fn append(&self, events: Vec<Routed>) -> Result<Vec<Appended>> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::Op::Append { events, reply })?;
+        rx.await.context("the store writer stopped")?
+    }
+
+    /// Commit an invocation's effects and mark its delivery done; returns once durable.
+    pub async fn commit(&self, commit: Commit) -> Result<Committed> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::Op::Commit { commit, reply })?;
+        rx.await.context("the store writer stopped")?
+    }
+
+    /// Record a failed attempt: schedule the retry, or dead-letter the delivery.
+    pub async fn fail(&self, failure: Failure) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::Op::Fail { failure, reply })?;
+        rx.await.context("the store writer stopped")?
+    }
+
+    /// Group-commit figures since the store opened.
+    pub fn write_stats(&self) -> WriteStats {
+        self.inner.writer.stats()
+    }
+
+    /// Up to `limit` pending deliveries of `handler`, oldest first, due or not.
+    pub async fn pending(&self, handler: &str, limit: u32) -> Result<Vec<PendingDelivery>> {
+        let handler = handler.to_owned();
+        self.read(move |conn| schema::pending(conn, &handler, limit))
+            .await
+    }
+
+    /// How many deliveries are pending per handler (for back-pressure after a restart).
+    pub async fn pending_counts(&self) -> Result<Vec<(String, u64)>> {
+        self.read(schema::pending_counts).await
+    }
+
+    /// The event log, oldest first, with each event's deliveries.
+    pub async fn events(&self, query: EventQuery) -> Result<Vec<LoggedEvent>> {
+        self.read(move |conn| schema::events(conn, &query)).await
+    }
+
+    /// A state reader scoped to one handler: the only way to read handler state.
+    pub fn state_reader(&self, handler: &str) -> StateReader {
+        StateReader {
+            handler: handler.to_owned(),
+            readers: self.inner.clone(),
+        }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.readers.with(f))
+            .await
+            .context("a store read panicked")?
+    }
+}
+
+/// Reads one handler's committed state. Blocking: each call is one indexed SQLite read on a
+/// pooled connection (microseconds), cheaper than a hop to the blocking pool.
+#[derive(Clone)]
+pub struct StateReader {
+    handler: String,
+    readers: Arc<Inner>,
+}
+
+impl StateReader {
+    pub fn handler(&self) -> &str {
+        &self.handler
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.readers.readers.with(|conn| {
+            conn.prepare_cached("SELECT value FROM state WHERE handler = ?1 AND key = ?2")?
+                .query_row(params![self.handler, key], |row| row.get(0))
+                .optional()
+                .map_err(Into::into)
+        })
+    }
+
+    /// Keys starting with `prefix`, sorted.
+    pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        self.readers.readers.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT key FROM state WHERE handler = ?1 AND substr(key, 1, length(?2)) = ?2 \
+                 ORDER BY key",
+            )?;
+            let keys = stmt
+                .query_map(params![self.handler, prefix], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(keys)
+        })
+    }
+}
+
+/// Read-only connections, reused. WAL lets readers run beside the writer without blocking it.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Idle read connections kept beyond this are closed.
+const MAX_IDLE_READERS: usize = 16;
+
+impl ReadPool {
+    fn new(path: PathBuf) -> Self {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        // A std mutex: it is held only to pop or push a connection, never across a query.
+        let conn = self.idle.lock().map_err(|_| poisoned())?.pop();
+        let conn = match conn {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .with_context(|| format!("failed to open {:?} for reading", self.path))?;
+                schema::prepare_reader(&conn)?;
+                conn
+            }
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock().map_err(|_| poisoned())?;
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn poisoned() -> anyhow::Error {
+    anyhow::anyhow!("the store's reader pool is poisoned")
+}
+
+/// Milliseconds since the Unix epoch, the store's clock.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,292 @@
+//! The SQLite schema and every statement the store runs, in one place.
+//!
+//! Tables: `events` (the log; `seq` is the log position), `deliveries` (one row per event and
+//! subscribed handler), `attempts` (each failed attempt's error), `state` (each handler's
+//! key-value state).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{
+    Appended, Commit, Committed, DeliveryStatus, Durability, EventQuery, Failure, LoggedEvent,
+    PendingDelivery, Routed, now_ms,
+};
+use crate::event::Event;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    subject         TEXT,
+    time            TEXT,
+    datacontenttype TEXT,
+    dataschema      TEXT,
+    extensions      TEXT NOT NULL,   -- a JSON object of strings
+    data            BLOB,
+    received_at     INTEGER NOT NULL, -- unix ms
+    UNIQUE (source, id)
+);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, seq);
+CREATE INDEX IF NOT EXISTS events_by_subject ON events (subject, seq);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_seq       INTEGER NOT NULL REFERENCES events (seq),
+    handler         TEXT NOT NULL,
+    ordering_key    TEXT,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'done', 'dead')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    not_before      INTEGER NOT NULL DEFAULT 0, -- unix ms
+    last_error      TEXT,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (event_seq, handler)
+);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (handler, id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_seq);
+
+CREATE TABLE IF NOT EXISTS attempts (
+    delivery_id     INTEGER NOT NULL REFERENCES deliveries (id),
+    attempt         INTEGER NOT NULL,
+    error           TEXT NOT NULL,
+    at              INTEGER NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS state (
+    handler         TEXT NOT NULL,
+    key             TEXT NOT NULL,
+    value           BLOB NOT NULL,
+    version         INTEGER NOT NULL,
+    PRIMARY KEY (handler, key)
+) WITHOUT ROWID;
+";
+
+/// Set up the writer's connection: WAL so readers never block the writer, and the durability
+/// asked for.
+pub(super) fn prepare_writer(conn: &Connection, durability: Durability) -> Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Off => "OFF",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)
+        .context("failed to create the schema")?;
+    Ok(())
+}
+
+pub(super) fn prepare_reader(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Append one event and its deliveries, unless it is a duplicate.
+pub(super) fn append(tx: &Connection, routed: &Routed, now: i64) -> Result<Appended> {
+    let event = &routed.event;
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT seq FROM events WHERE source = ?1 AND id = ?2")?
+        .query_row(params![event.source, event.id], |row| row.get(0))
+        .optional()?;
+    if let Some(seq) = existing {
+        return Ok(Appended::Duplicate { seq });
+    }
+    let extensions = serde_json::to_string(&event.extensions)?;
+    tx.prepare_cached(
+        "INSERT INTO events (id, source, type, subject, time, datacontenttype, dataschema, \
+         extensions, data, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        event.id,
+        event.source,
+        event.ty,
+        event.subject,
+        event.time,
+        event.datacontenttype,
+        event.dataschema,
+        extensions,
+        event.data,
+        now
+    ])?;
+    let seq = tx.last_insert_rowid();
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO deliveries (event_seq, handler, ordering_key, status, updated_at) \
+         VALUES (?1, ?2, ?3, 'pending', ?4)",
+    )?;
+    for delivery in &routed.deliveries {
+        insert.execute(params![seq, delivery.handler, delivery.ordering_key, now])?;
+    }
+    Ok(Appended::New { seq })
+}
+
+/// Apply an invocation's effects, if its delivery is still pending.
+pub(super) fn commit(tx: &Connection, commit: &Commit, now: i64) -> Result<Committed> {
+    let settled = tx
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'done', attempts = attempts + 1, updated_at = ?2 \
+             WHERE id = ?1 AND status = 'pending'",
+        )?
+        .execute(params![commit.delivery_id, now])?;
+    if settled == 0 {
+        return Ok(Committed::AlreadySettled);
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO state (handler, key, value, version) VALUES (?1, ?2, ?3, 1) \
+         ON CONFLICT (handler, key) DO UPDATE SET value = excluded.value, version = version + 1",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM state WHERE handler = ?1 AND key = ?2")?;
+    for (key, value) in &commit.state_writes {
+        match value {
+            Some(value) => upsert.execute(params![commit.handler, key, value])?,
+            None => delete.execute(params![commit.handler, key])?,
+        };
+    }
+    let emitted = commit
+        .emitted
+        .iter()
+        .map(|routed| append(tx, routed, now))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Committed::Done { emitted })
+}
+
+/// Record a failed attempt and either schedule the next one or dead-letter the delivery.
+pub(super) fn fail(tx: &Connection, failure: &Failure, now: i64) -> Result<()> {
+    let attempts: Option<i64> = tx
+        .prepare_cached(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?2, updated_at = ?3, \
+             status = CASE WHEN ?4 IS NULL THEN 'dead' ELSE 'pending' END, \
+             not_before = coalesce(?4, not_before) \
+             WHERE id = ?1 AND status = 'pending' RETURNING attempts",
+        )?
+        .query_row(
+            params![failure.delivery_id, failure.error, now, failure.retry_at_ms],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(attempt) = attempts {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO attempts (delivery_id, attempt, error, at) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![failure.delivery_id, attempt, failure.error, now])?;
+    }
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.type, e.subject, e.time, \
+    e.datacontenttype, e.dataschema, e.extensions, e.data, e.received_at";
+
+/// Read the event from a row that starts with [`EVENT_COLUMNS`] at `offset`.
+fn event_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<Event> {
+    let extensions: String = row.get(offset + 8)?;
+    let extensions: BTreeMap<String, String> =
+        serde_json::from_str(&extensions).map_err(|err| {
+            rusqlite::Error::FromSqlConversionFailure(
+                offset + 8,
+                rusqlite::types::Type::Text,
+                Box::new(err),
+            )
+        })?;
+    Ok(Event {
+        id: row.get(offset + 1)?,
+        source: row.get(offset + 2)?,
+        ty: row.get(offset + 3)?,
+        subject: row.get(offset + 4)?,
+        time: row.get(offset + 5)?,
+        datacontenttype: row.get(offset + 6)?,
+        dataschema: row.get(offset + 7)?,
+        extensions,
+        data: row.get(offset + 9)?,
+    })
+}
+
+pub(super) fn pending(
+    conn: &Connection,
+    handler: &str,
+    limit: u32,
+) -> Result<Vec<PendingDelivery>> {
+    let sql = format!(
+        "SELECT d.id, d.ordering_key, d.attempts, d.not_before, {EVENT_COLUMNS} \
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.handler = ?1 AND d.status = 'pending' ORDER BY d.id LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![handler, limit], |row| {
+        Ok(PendingDelivery {
+            id: row.get(0)?,
+            ordering_key: row.get(1)?,
+            attempts: row.get(2)?,
+            not_before_ms: row.get(3)?,
+            seq: row.get(4)?,
+            event: event_from_row(row, 4)?,
+            handler: handler.to_owned(),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn pending_counts(conn: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT handler, count(*) FROM deliveries WHERE status = 'pending' GROUP BY handler",
+    )?;
+    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<Vec<LoggedEvent>> {
+    // Absent filters are NULL, which the `?n IS NULL OR` arms turn into "match anything", so
+    // one cached statement serves every combination.
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events e \
+         WHERE (?1 IS NULL OR e.type = ?1) AND (?2 IS NULL OR e.source = ?2) \
+         AND (?3 IS NULL OR e.subject = ?3) AND e.seq > ?4 \
+         ORDER BY e.seq LIMIT ?5"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        params![
+            query.ty,
+            query.source,
+            query.subject,
+            query.after.unwrap_or(0),
+            query.limit
+        ],
+        |row| {
+            Ok(LoggedEvent {
+                seq: row.get(0)?,
+                received_at_ms: row.get(10)?,
+                event: event_from_row(row, 0)?,
+                deliveries: Vec::new(),
+            })
+        },
+    )?;
+    let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut deliveries = conn.prepare_cached(
+        "SELECT id, handler, status, attempts, last_error FROM deliveries \
+         WHERE event_seq = ?1 ORDER BY id",
+    )?;
+    for logged in &mut events {
+        logged.deliveries = deliveries
+            .query_map(params![logged.seq], |row| {
+                Ok(DeliveryStatus {
+                    id: row.get(0)?,
+                    handler: row.get(1)?,
+                    status: row.get(2)?,
+                    attempts: row.get(3)?,
+                    last_error: row.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(events)
+}
+
+/// The current time for a write transaction.
+pub(super) fn tx_now() -> i64 {
+    now_ms()
+}

@@ -1,0 +1,1 @@
+//! Test support: start hosts, build the guest handlers once.
