@@ -36,6 +36,10 @@ use crate::store::{Commit, Committed, Failure, PendingDelivery, Store, now_ms};
 /// windows let more keys proceed past a blocked one, at the cost of a larger read.
 const MIN_WINDOW: u32 = 256;
 
+/// Times one delivery is re-run because the state it read changed before its commit; past
+/// this the conflict counts as a failed attempt (a key that hot is a design problem).
+const MAX_CONFLICT_RERUNS: u32 = 100;
+
 /// After a store error the worker waits this long before looking again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
@@ -269,15 +273,30 @@ impl Scheduler {
 
     /// Invoke the handler for one delivery and settle the outcome in the store.
     async fn run_delivery(&self, slot: &HandlerSlot, delivery: PendingDelivery) {
-        let deployed = slot.deployed.load_full();
-        let reader = self.store.state_reader(&deployed.name);
-        let outcome = self
-            .runtime
-            .invoke(&deployed, &delivery.event, reader)
-            .await;
-        let settled = match outcome {
-            Ok(staged) => self.commit(&deployed, &delivery, staged).await,
-            Err(error) => self.record_failure(&deployed, &delivery, error).await,
+        let mut reruns = 0;
+        let settled = loop {
+            let deployed = slot.deployed.load_full();
+            let reader = self.store.state_reader(&deployed.name);
+            let outcome = self
+                .runtime
+                .invoke(&deployed, &delivery.event, reader)
+                .await;
+            let staged = match outcome {
+                Ok(staged) => staged,
+                Err(error) => break self.record_failure(&deployed, &delivery, error).await,
+            };
+            match self.commit(&deployed, &delivery, staged).await {
+                Ok(Committed::Done { .. }) => break Ok(true),
+                Ok(Committed::AlreadySettled) => break Ok(false),
+                // Another invocation wrote what this one read: its decision is stale, not
+                // wrong, so run it again on fresh state without counting a failed attempt.
+                Ok(Committed::Conflict { .. }) if reruns < MAX_CONFLICT_RERUNS => reruns += 1,
+                Ok(Committed::Conflict { key }) => {
+                    let error = InvokeError::Conflict { key, reruns };
+                    break self.record_failure(&deployed, &delivery, error).await;
+                }
+                Err(err) => break Err(err),
+            }
         };
         match settled {
             Ok(true) => {
@@ -287,7 +306,7 @@ impl Scheduler {
             Err(err) => {
                 // Nothing was settled: the delivery is still pending and runs again.
                 tracing::error!(
-                    handler = deployed.name,
+                    handler = slot.deployed.load().name,
                     event_id = delivery.event.id,
                     error = format!("{err:#}"),
                     "failed to record a delivery's outcome"
@@ -296,13 +315,13 @@ impl Scheduler {
         }
     }
 
-    /// Commit a success; `Ok(true)` when the delivery left the pending set.
+    /// Commit a success, and wake the handlers of the events it emitted.
     async fn commit(
         &self,
         deployed: &DeployedHandler,
         delivery: &PendingDelivery,
         staged: crate::capabilities::Staged,
-    ) -> Result<bool> {
+    ) -> Result<Committed> {
         let routes = self.routes();
         let emitted: Vec<_> = staged
             .emitted
@@ -318,26 +337,24 @@ impl Scheduler {
             .commit(Commit {
                 delivery_id: delivery.id,
                 handler: deployed.name.clone(),
+                state_reads: staged.state_reads.into_iter().collect(),
                 state_writes: staged.state_writes.into_iter().collect(),
                 emitted,
             })
             .await?;
-        match committed {
-            Committed::Done { emitted } => {
-                for (appended, handlers) in emitted.iter().zip(&targets) {
-                    if appended.is_new() {
-                        self.appended(handlers.iter().map(String::as_str));
-                    }
+        if let Committed::Done { emitted } = &committed {
+            for (appended, handlers) in emitted.iter().zip(&targets) {
+                if appended.is_new() {
+                    self.appended(handlers.iter().map(String::as_str));
                 }
-                tracing::debug!(
-                    handler = deployed.name,
-                    event_id = delivery.event.id,
-                    "delivered"
-                );
-                Ok(true)
             }
-            Committed::AlreadySettled => Ok(false),
+            tracing::debug!(
+                handler = deployed.name,
+                event_id = delivery.event.id,
+                "delivered"
+            );
         }
+        Ok(committed)
     }
 
     /// Record a failure: retry with backoff, or dead-letter. `Ok(true)` when dead-lettered.

@@ -23,6 +23,9 @@ use crate::store::StateReader;
 pub struct Staged {
     /// Key -> new value, `None` for a delete. A map: the last write to a key wins.
     pub state_writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Key -> the committed version the invocation read (0: absent), for the commit's
+    /// conflict check.
+    pub state_reads: BTreeMap<String, i64>,
     /// Complete, valid events, in emit order.
     pub emitted: Vec<Event>,
 }

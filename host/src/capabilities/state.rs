@@ -1,7 +1,11 @@
 //! `evhost:handler/state`: the handler's own key-value state.
 //!
 //! Reads see the committed state overlaid with this invocation's staged writes; writes only
-//! stage. The [`StateReader`](crate::store::StateReader) is scoped to the handler when the
+//! stage. Each committed key read is remembered with its version: if another invocation of
+//! the same handler writes that key before this one commits, the commit is refused and the
+//! invocation runs again on fresh state (optimistic concurrency, so that two concurrent
+//! read-modify-writes of one key never lose an update). `list-keys` is not tracked: a key
+//! appearing in a listed range does not cause a conflict. The [`StateReader`](crate::store::StateReader) is scoped to the handler when the
 //! invocation starts, so there is no way to name another handler's state.
 
 use wasmtime::Result;
@@ -20,7 +24,13 @@ impl Host for Invocation {
             return Ok(staged.clone());
         }
         // A read failure is the host's, not the handler's: trap, and the delivery is retried.
-        self.state.get(&key).map_err(wasmtime::Error::from_anyhow)
+        let (value, version) = self
+            .state
+            .get_versioned(&key)
+            .map_err(wasmtime::Error::from_anyhow)?;
+        // The first read of a key is what the handler based its decision on.
+        self.staged.state_reads.entry(key).or_insert(version);
+        Ok(value)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<Result<(), String>> {

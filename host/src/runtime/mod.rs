@@ -106,6 +106,9 @@ pub enum InvokeError {
     Timeout(Duration),
     #[error("handler exceeded its memory limit of {0} MiB")]
     MemoryExceeded(u64),
+    /// The state the handler read kept changing under it; it was re-run this many times.
+    #[error("state key `{key}` kept changing during the invocation ({reruns} re-runs)")]
+    Conflict { key: String, reruns: u32 },
     /// The host could not set up the instance (e.g. all pooling slots in use).
     #[error("failed to start the handler: {0}")]
     Instantiate(String),

@@ -97,6 +97,9 @@ pub type StateWrite = (String, Option<Vec<u8>>);
 pub struct Commit {
     pub delivery_id: i64,
     pub handler: String,
+    /// The committed state keys the invocation read, with the version it saw (0: absent).
+    /// If any changed since, the commit is refused with [`Committed::Conflict`].
+    pub state_reads: Vec<(String, i64)>,
     pub state_writes: Vec<StateWrite>,
     pub emitted: Vec<Routed>,
 }
@@ -108,6 +111,9 @@ pub enum Committed {
     Done { emitted: Vec<Appended> },
     /// The delivery was no longer pending (already done or dead): nothing was written.
     AlreadySettled,
+    /// A state key the invocation read changed before the commit (another invocation of the
+    /// same handler wrote it): nothing was written; run the invocation again on fresh state.
+    Conflict { key: String },
 }
 
 /// A failed attempt.
@@ -271,11 +277,20 @@ impl StateReader {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_versioned(key)?.0)
+    }
+
+    /// The value under `key` and its version (0 when the key was never written); the
+    /// version is what a commit checks to detect a concurrent write.
+    pub fn get_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, i64)> {
         self.readers.readers.with(|conn| {
-            conn.prepare_cached("SELECT value FROM state WHERE handler = ?1 AND key = ?2")?
-                .query_row(params![self.handler, key], |row| row.get(0))
-                .optional()
-                .map_err(Into::into)
+            let row = conn
+                .prepare_cached("SELECT value, version FROM state WHERE handler = ?1 AND key = ?2")?
+                .query_row(params![self.handler, key], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            Ok(row.unwrap_or((None, 0)))
         })
     }
 
@@ -284,7 +299,7 @@ impl StateReader {
         self.readers.readers.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT key FROM state WHERE handler = ?1 AND substr(key, 1, length(?2)) = ?2 \
-                 ORDER BY key",
+                 AND value IS NOT NULL ORDER BY key",
             )?;
             let keys = stmt
                 .query_map(params![self.handler, prefix], |row| row.get(0))?

@@ -56,10 +56,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (delivery_id, attempt)
 ) WITHOUT ROWID;
 
+-- A deleted key keeps its row with a NULL value, so that its version only ever grows: an
+-- invocation that read an absent key conflicts with any write since, delete-and-recreate included.
 CREATE TABLE IF NOT EXISTS state (
     handler         TEXT NOT NULL,
     key             TEXT NOT NULL,
-    value           BLOB NOT NULL,
+    value           BLOB,
     version         INTEGER NOT NULL,
     PRIMARY KEY (handler, key)
 ) WITHOUT ROWID;
@@ -124,8 +126,18 @@ pub(super) fn append(tx: &Connection, routed: &Routed, now: i64) -> Result<Appen
     Ok(Appended::New { seq })
 }
 
-/// Apply an invocation's effects, if its delivery is still pending.
+/// Apply an invocation's effects, if its delivery is still pending and the state it read is
+/// unchanged.
 pub(super) fn commit(tx: &Connection, commit: &Commit, now: i64) -> Result<Committed> {
+    let mut version_of = tx.prepare_cached(
+        "SELECT coalesce((SELECT version FROM state WHERE handler = ?1 AND key = ?2), 0)",
+    )?;
+    for (key, read_version) in &commit.state_reads {
+        let current: i64 = version_of.query_row(params![commit.handler, key], |row| row.get(0))?;
+        if current != *read_version {
+            return Ok(Committed::Conflict { key: key.clone() });
+        }
+    }
     let settled = tx
         .prepare_cached(
             "UPDATE deliveries SET status = 'done', attempts = attempts + 1, updated_at = ?2 \
@@ -139,7 +151,9 @@ pub(super) fn commit(tx: &Connection, commit: &Commit, now: i64) -> Result<Commi
         "INSERT INTO state (handler, key, value, version) VALUES (?1, ?2, ?3, 1) \
          ON CONFLICT (handler, key) DO UPDATE SET value = excluded.value, version = version + 1",
     )?;
-    let mut delete = tx.prepare_cached("DELETE FROM state WHERE handler = ?1 AND key = ?2")?;
+    let mut delete = tx.prepare_cached(
+        "UPDATE state SET value = NULL, version = version + 1 WHERE handler = ?1 AND key = ?2",
+    )?;
     for (key, value) in &commit.state_writes {
         match value {
             Some(value) => upsert.execute(params![commit.handler, key, value])?,

@@ -1,0 +1,286 @@
+//! The shop example end to end: the real compiled handlers of examples/shop, driven over
+//! HTTP, checked through the event log and the handlers' state.
+
+use std::time::Duration;
+
+use evhost_tests::{TestHost, place_order, shop_manifest, stock_added};
+use serde_json::{Value, json};
+
+const SHIPPED: &str = "com.example.shop.shipment.created.v1";
+const PLACED: &str = "com.example.shop.order.placed.v1";
+const RESERVED: &str = "com.example.shop.stock.reserved.v1";
+const UNAVAILABLE: &str = "com.example.shop.stock.unavailable.v1";
+const CONFIRMED: &str = "com.example.shop.payment.confirmed.v1";
+const FAILED: &str = "com.example.shop.payment.failed.v1";
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The events about one order (its `subject`), in log order, as CloudEvents JSON.
+async fn order_events(host: &TestHost, order_id: &str) -> Vec<Value> {
+    host.events(&[("subject", order_id), ("limit", "1000")])
+        .await
+        .into_iter()
+        .map(|e| e["event"].clone())
+        .collect()
+}
+
+async fn wait_for_type(host: &TestHost, order_id: &str, ty: &str) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let events = order_events(host, order_id).await;
+        if let Some(found) = events.into_iter().find(|e| e["type"] == ty) {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for `{ty}` for {order_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn types(events: &[Value]) -> Vec<&str> {
+    events.iter().filter_map(|e| e["type"].as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_order_ends_in_a_shipment() {
+    let host = TestHost::start(shop_manifest()).await;
+
+    // Stock arrives in binary mode, the order in structured mode.
+    let response = host
+        .post_binary(
+            &[
+                ("id", "stock-1"),
+                ("source", "/warehouse"),
+                ("type", "com.example.shop.stock.added.v1"),
+                ("partitionkey", "sku-1"),
+            ],
+            &json!({"sku": "sku-1", "quantity": 10}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let response = host
+        .post_structured(&place_order("o-1", "sku-1", 2, 25.0))
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["accepted"][0]["duplicate"], false);
+
+    let shipped = wait_for_type(&host, "o-1", SHIPPED).await;
+    host.wait_idle(WAIT).await;
+
+    let events = order_events(&host, "o-1").await;
+    assert_eq!(
+        types(&events),
+        [
+            "com.example.shop.order.place.v1",
+            PLACED,
+            RESERVED,
+            CONFIRMED,
+            SHIPPED
+        ]
+    );
+    // Each emitted event names its cause, and all share the order's correlation id.
+    for pair in events.windows(2) {
+        assert_eq!(
+            pair[1]["causationid"],
+            pair[0]["id"],
+            "{:?}",
+            types(&events)
+        );
+        assert_eq!(pair[1]["correlationid"], events[0]["id"]);
+    }
+    assert_eq!(events[1]["partitionkey"], "sku-1");
+    assert_eq!(shipped["data"]["order_id"], "o-1");
+
+    assert_eq!(host.state("inventory", "stock/sku-1").await, Some(json!(8)));
+    assert_eq!(
+        host.state("order", "order/o-1").await.expect("the order")["status"],
+        "placed"
+    );
+    assert_eq!(
+        host.state("payment", "payment/o-1")
+            .await
+            .expect("the payment")["status"],
+        "confirmed"
+    );
+    assert!(host.state("shipping", "shipment/o-1").await.is_some());
+    assert_eq!(
+        host.state("notification", &format!("count/{PLACED}")).await,
+        Some(json!(1))
+    );
+    assert_eq!(
+        host.state("notification", &format!("count/{SHIPPED}"))
+            .await,
+        Some(json!(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_over_the_limit_is_declined_and_not_shipped() {
+    let host = TestHost::start(shop_manifest()).await;
+    assert_eq!(
+        host.post_structured(&stock_added("s", "sku-9", 5))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        host.post_structured(&place_order("big", "sku-9", 1, 5000.0))
+            .await
+            .status(),
+        202
+    );
+
+    let failed = wait_for_type(&host, "big", FAILED).await;
+    host.wait_idle(WAIT).await;
+    assert_eq!(failed["data"]["amount"], 5000.0);
+    let events = order_events(&host, "big").await;
+    assert!(!types(&events).contains(&SHIPPED), "{:?}", types(&events));
+    assert_eq!(
+        host.state("payment", "payment/big")
+            .await
+            .expect("the payment")["status"],
+        "failed"
+    );
+    assert_eq!(
+        host.state("notification", &format!("count/{FAILED}")).await,
+        Some(json!(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_without_stock_is_unavailable() {
+    let host = TestHost::start(shop_manifest()).await;
+    assert_eq!(
+        host.post_structured(&place_order("o-none", "sku-none", 1, 10.0))
+            .await
+            .status(),
+        202
+    );
+    let unavailable = wait_for_type(&host, "o-none", UNAVAILABLE).await;
+    host.wait_idle(WAIT).await;
+    assert_eq!(unavailable["data"]["available"], 0);
+    let events = order_events(&host, "o-none").await;
+    assert_eq!(
+        types(&events),
+        ["com.example.shop.order.place.v1", PLACED, UNAVAILABLE]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_orders_for_the_last_unit_exactly_one_gets_it() {
+    let host = TestHost::start(shop_manifest()).await;
+    assert_eq!(
+        host.post_structured(&stock_added("s-last", "sku-last", 1))
+            .await
+            .status(),
+        202
+    );
+    // Both orders in flight at once: two concurrent requests.
+    let (order_a, order_b) = (
+        place_order("race-a", "sku-last", 1, 10.0),
+        place_order("race-b", "sku-last", 1, 10.0),
+    );
+    let (a, b) = tokio::join!(
+        host.post_structured(&order_a),
+        host.post_structured(&order_b)
+    );
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (202, 202));
+    host.wait_idle(WAIT).await;
+
+    let reserved = host.events_of_type(RESERVED).await;
+    let unavailable = host.events_of_type(UNAVAILABLE).await;
+    assert_eq!(reserved.len(), 1, "exactly one order gets the unit");
+    assert_eq!(unavailable.len(), 1, "the other is told it is gone");
+    assert_ne!(reserved[0]["subject"], unavailable[0]["subject"]);
+    assert_eq!(
+        host.state("inventory", "stock/sku-last").await,
+        Some(json!(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_orders_all_complete_and_skus_do_not_mix() {
+    let host = TestHost::start(shop_manifest()).await;
+    let mut batch = vec![
+        stock_added("s-a", "sku-a", 3),
+        stock_added("s-b", "sku-b", 2),
+    ];
+    for i in 0..4 {
+        batch.push(place_order(&format!("a-{i}"), "sku-a", 1, 10.0));
+        batch.push(place_order(&format!("b-{i}"), "sku-b", 1, 10.0));
+    }
+    let response = host.post_batch(&batch).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["mode"], "batch");
+    assert_eq!(body["accepted"].as_array().map(Vec::len), Some(10));
+
+    host.wait_idle(WAIT).await;
+    assert_eq!(host.events_of_type(RESERVED).await.len(), 5);
+    assert_eq!(host.events_of_type(UNAVAILABLE).await.len(), 3);
+    assert_eq!(host.events_of_type(SHIPPED).await.len(), 5);
+    assert_eq!(host.state("inventory", "stock/sku-a").await, Some(json!(0)));
+    assert_eq!(host.state("inventory", "stock/sku-b").await, Some(json!(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_post_is_accepted_once_and_delivered_once() {
+    let host = TestHost::start(shop_manifest()).await;
+    let order = place_order("dup", "sku-dup", 1, 10.0);
+    let first = host.post_structured(&order).await;
+    let second = host.post_structured(&order).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (202, 202)
+    );
+    let second: Value = second.json().await.expect("a JSON body");
+    assert_eq!(second["accepted"][0]["duplicate"], true);
+
+    host.wait_idle(WAIT).await;
+    let events = order_events(&host, "dup").await;
+    assert_eq!(
+        types(&events),
+        ["com.example.shop.order.place.v1", PLACED, UNAVAILABLE],
+        "one command, one placed event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_deliveries_resume_after_a_restart() {
+    // Stop the host while most orders are still waiting (one invocation at a time, the
+    // whole batch queued), then start it again on the same data.
+    let mut manifest = shop_manifest();
+    for handler in &mut manifest.handlers {
+        handler.settings.concurrency = 1;
+    }
+    let host = TestHost::start(manifest).await;
+    let mut batch = vec![stock_added("s-r", "sku-r", 100)];
+    for i in 0..30 {
+        batch.push(place_order(&format!("r-{i}"), "sku-r", 1, 10.0));
+    }
+    assert_eq!(host.post_batch(&batch).await.status(), 202);
+    let pending_at_stop = host.pending_deliveries().await;
+    let (manifest, data) = host.stop().await;
+    assert!(
+        pending_at_stop > 0,
+        "the test must stop the host with work left"
+    );
+
+    let host = TestHost::start_on(manifest, data)
+        .await
+        .expect("the host restarts");
+    host.wait_idle(Duration::from_secs(60)).await;
+    assert_eq!(host.events_of_type(SHIPPED).await.len(), 30);
+    assert_eq!(
+        host.events_of_type(PLACED).await.len(),
+        30,
+        "nothing ran twice"
+    );
+    assert_eq!(
+        host.state("inventory", "stock/sku-r").await,
+        Some(json!(70))
+    );
+}
