@@ -1,6 +1,7 @@
-//! The admin API's read side: the event log, handler state, deployed handlers.
+//! The admin API: the event log, handler state, deployed handlers, dead letters.
 //!
-//! Reads only: it asks the store and the scheduler, and changes nothing.
+//! Everything here reads, except the dead-letter operations: a redrive puts a dead delivery
+//! back to pending through the store and wakes the handler's worker, a delete discards it.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::ingress::problem::Problem;
-use crate::store::{EventQuery, LoggedEvent};
+use crate::store::{DeadLetter, DeadLetterQuery, EventQuery, LoggedEvent, RedriveTarget};
 
 /// Events one `GET /admin/events` returns when `limit` is not given.
 const DEFAULT_EVENTS_LIMIT: u32 = 100;
@@ -40,18 +41,11 @@ pub(crate) async fn events(
 ) -> Response {
     let Query(params) = match params {
         Ok(params) => params,
-        Err(rejection) => {
-            return Problem::new(StatusCode::BAD_REQUEST)
-                .with_detail(format!("bad query: {}", rejection.body_text()))
-                .into_response();
-        }
+        Err(rejection) => return bad_query(&rejection),
     };
     let limit = params.limit.unwrap_or(DEFAULT_EVENTS_LIMIT);
     if limit == 0 || limit > MAX_EVENTS_LIMIT {
-        return Problem::new(StatusCode::BAD_REQUEST)
-            .with_detail(format!("`limit` must be between 1 and {MAX_EVENTS_LIMIT}"))
-            .with_member("parameter", "limit")
-            .into_response();
+        return bad_limit();
     }
     let query = EventQuery {
         ty: params.ty,
@@ -71,27 +65,195 @@ pub(crate) async fn events(
 }
 
 fn logged_event_json(logged: &LoggedEvent) -> Value {
-    let received_at = chrono::DateTime::from_timestamp_millis(logged.received_at_ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     let deliveries: Vec<Value> = logged
         .deliveries
         .iter()
         .map(|d| {
-            json!({
+            // A pending delivery that already failed is waiting for its next attempt.
+            let status = if d.status == "pending" && d.attempts > 0 {
+                "retrying"
+            } else {
+                d.status.as_str()
+            };
+            let mut delivery = json!({
                 "id": d.id,
                 "handler": d.handler,
-                "status": d.status,
+                "status": status,
                 "attempts": d.attempts,
                 "last_error": d.last_error,
-            })
+                "caused": d.caused,
+            });
+            if status == "retrying" {
+                delivery["next_attempt_at"] = json!(rfc3339(d.not_before_ms));
+            }
+            if d.redrives > 0 {
+                delivery["redrives"] = json!(d.redrives);
+            }
+            delivery
         })
         .collect();
     json!({
         "seq": logged.seq,
-        "received_at": received_at,
+        "received_at": rfc3339(logged.received_at_ms),
         "event": logged.event.to_json(),
         "deliveries": deliveries,
     })
+}
+
+fn rfc3339(unix_ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadLetterParams {
+    handler: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /admin/deadletters?handler=&type=&after=&limit=`: dead letters, oldest first.
+pub(crate) async fn dead_letters(
+    State(app): State<Arc<AppState>>,
+    params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => return bad_query(&rejection),
+    };
+    let limit = params.limit.unwrap_or(DEFAULT_EVENTS_LIMIT);
+    if limit == 0 || limit > MAX_EVENTS_LIMIT {
+        return bad_limit();
+    }
+    let query = DeadLetterQuery {
+        handler: params.handler,
+        ty: params.ty,
+        id: None,
+        after: params.after,
+        limit,
+    };
+    match app.scheduler.store().dead_letters(query).await {
+        Ok(letters) => {
+            let next_after = letters.last().map(|l| l.id).or(params.after);
+            let letters: Vec<Value> = letters.iter().map(dead_letter_json).collect();
+            Json(json!({"deadletters": letters, "next_after": next_after})).into_response()
+        }
+        Err(err) => internal("failed to read dead letters", &err),
+    }
+}
+
+/// `GET /admin/deadletters/{id}`: one dead letter with every error.
+pub(crate) async fn dead_letter(State(app): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+    let query = DeadLetterQuery {
+        id: Some(id),
+        limit: 1,
+        ..DeadLetterQuery::default()
+    };
+    match app.scheduler.store().dead_letters(query).await {
+        Ok(letters) => match letters.first() {
+            Some(letter) => Json(dead_letter_json(letter)).into_response(),
+            None => no_dead_letter(id),
+        },
+        Err(err) => internal("failed to read dead letters", &err),
+    }
+}
+
+/// `POST /admin/deadletters/{id}/redrive`: deliver it again, with a fresh attempt count.
+pub(crate) async fn redrive(State(app): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+    redrive_target(&app, RedriveTarget::Delivery(id)).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedriveAllParams {
+    handler: String,
+}
+
+/// `POST /admin/deadletters/redrive?handler=NAME`: redrive every dead letter of a handler.
+pub(crate) async fn redrive_all(
+    State(app): State<Arc<AppState>>,
+    params: Result<Query<RedriveAllParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match params {
+        Ok(Query(params)) => redrive_target(&app, RedriveTarget::Handler(params.handler)).await,
+        Err(rejection) => bad_query(&rejection),
+    }
+}
+
+async fn redrive_target(app: &AppState, target: RedriveTarget) -> Response {
+    if let RedriveTarget::Handler(handler) = &target
+        && app.scheduler.handler(handler).is_none()
+    {
+        return Problem::not_found(format!("no handler `{handler}`")).into_response();
+    }
+    let single = match &target {
+        RedriveTarget::Delivery(id) => Some(*id),
+        RedriveTarget::Handler(_) => None,
+    };
+    match app.scheduler.store().redrive(target).await {
+        Ok(handlers) => {
+            if let (Some(id), true) = (single, handlers.is_empty()) {
+                return no_dead_letter(id);
+            }
+            app.scheduler.appended(handlers.iter().map(String::as_str));
+            Json(json!({"redriven": handlers.len()})).into_response()
+        }
+        Err(err) => internal("failed to redrive", &err),
+    }
+}
+
+/// `DELETE /admin/deadletters/{id}`: give up on it (the event stays in the log).
+pub(crate) async fn discard(State(app): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+    match app.scheduler.store().discard(id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => no_dead_letter(id),
+        Err(err) => internal("failed to discard a dead letter", &err),
+    }
+}
+
+fn dead_letter_json(letter: &DeadLetter) -> Value {
+    let errors: Vec<Value> = letter
+        .errors
+        .iter()
+        .map(|a| {
+            json!({
+                "redrive": a.redrive,
+                "attempt": a.attempt,
+                "error": a.error,
+                "at": rfc3339(a.at_ms),
+            })
+        })
+        .collect();
+    json!({
+        "id": letter.id,
+        "handler": letter.handler,
+        "seq": letter.seq,
+        "attempts": letter.attempts,
+        "redrives": letter.redrives,
+        "died_at": rfc3339(letter.died_at_ms),
+        "event": letter.event.to_json(),
+        "errors": errors,
+    })
+}
+
+fn no_dead_letter(id: i64) -> Response {
+    Problem::not_found(format!("no dead letter with id {id}")).into_response()
+}
+
+fn bad_query(rejection: &axum::extract::rejection::QueryRejection) -> Response {
+    Problem::new(StatusCode::BAD_REQUEST)
+        .with_detail(format!("bad query: {}", rejection.body_text()))
+        .into_response()
+}
+
+fn bad_limit() -> Response {
+    Problem::new(StatusCode::BAD_REQUEST)
+        .with_detail(format!("`limit` must be between 1 and {MAX_EVENTS_LIMIT}"))
+        .with_member("parameter", "limit")
+        .into_response()
 }
 
 /// `GET /admin/state/{handler}/{key}`: one value of a handler's state, as stored (JSON values

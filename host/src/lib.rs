@@ -115,6 +115,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/events", get(admin::events))
         .route("/admin/handlers", get(admin::handlers))
         .route("/admin/state/{handler}/{*key}", get(admin::state))
+        .route("/admin/deadletters", get(admin::dead_letters))
+        .route("/admin/deadletters/redrive", post(admin::redrive_all))
+        .route(
+            "/admin/deadletters/{id}",
+            get(admin::dead_letter).delete(admin::discard),
+        )
+        .route("/admin/deadletters/{id}/redrive", post(admin::redrive))
         .fallback(|| async { Problem::not_found("no such resource") })
         .with_state(state)
 }

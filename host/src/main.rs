@@ -3,6 +3,7 @@
 //! ```text
 //! evhost up [APP_DIR | evhost.toml] [--build] [--listen ADDR] [--data DIR]
 //! evhost send --type T --source S [--data JSON] [--subject S] [--host URL]
+//! evhost handlers | deadletters [--handler H] | redrive ID | redrive --handler H
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -80,10 +81,53 @@ enum Command {
         /// Sets the `partitionkey` extension.
         #[arg(long)]
         partition_key: Option<String>,
-        /// The host's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "EVHOST_HOST")]
-        host: String,
+        #[command(flatten)]
+        host: HostArg,
     },
+    /// List the deployed handlers with their policy and counters.
+    Handlers {
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// List dead letters: deliveries that failed for good.
+    Deadletters {
+        /// Only this handler's.
+        #[arg(long)]
+        handler: Option<String>,
+        /// Only events of this type.
+        #[arg(long = "type")]
+        ty: Option<String>,
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// Deliver a dead letter again (after fixing the handler), with a fresh attempt count.
+    Redrive {
+        /// The dead letter's id (from `evhost deadletters`).
+        #[arg(required_unless_present = "handler", conflicts_with = "handler")]
+        id: Option<i64>,
+        /// Redrive every dead letter of this handler instead.
+        #[arg(long)]
+        handler: Option<String>,
+        #[command(flatten)]
+        host: HostArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct HostArg {
+    /// The host's base URL.
+    #[arg(
+        long = "host",
+        default_value = "http://127.0.0.1:8080",
+        env = "EVHOST_HOST"
+    )]
+    url: String,
+}
+
+impl HostArg {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches('/'))
+    }
 }
 
 fn main() -> ExitCode {
@@ -126,6 +170,9 @@ fn main() -> ExitCode {
                 partition_key,
                 host,
             } => send(ty, source, data, id, subject, partition_key, &host).await,
+            Command::Handlers { host } => handlers(&host).await,
+            Command::Deadletters { handler, ty, host } => dead_letters(handler, ty, &host).await,
+            Command::Redrive { id, handler, host } => redrive(id, handler, &host).await,
         }
     });
     match result {
@@ -237,7 +284,7 @@ async fn send(
     id: Option<String>,
     subject: Option<String>,
     partition_key: Option<String>,
-    host: &str,
+    host: &HostArg,
 ) -> Result<()> {
     let mut event = json!({
         "specversion": "1.0",
@@ -256,7 +303,7 @@ async fn send(
     if let Some(key) = partition_key {
         event["partitionkey"] = json!(key);
     }
-    let url = format!("{}/events", host.trim_end_matches('/'));
+    let url = host.url("/events");
     let response = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/cloudevents+json")
@@ -273,6 +320,105 @@ async fn send(
     if !status.is_success() {
         bail!("the host answered {status}");
     }
+    Ok(())
+}
+
+/// Call the admin API; a non-2xx answer is an error showing the problem's detail.
+async fn admin(method: reqwest::Method, url: String) -> Result<Value> {
+    let response = reqwest::Client::new()
+        .request(method, &url)
+        .send()
+        .await
+        .with_context(|| format!("failed to reach {url}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let detail = body["detail"].as_str().unwrap_or("no detail");
+        bail!("the host answered {status}: {detail}");
+    }
+    Ok(body)
+}
+
+async fn handlers(host: &HostArg) -> Result<()> {
+    let body = admin(reqwest::Method::GET, host.url("/admin/handlers")).await?;
+    println!(
+        "{:<20} {:<10} {:>11} {:>8} {:>9}  SUBSCRIBES",
+        "NAME", "ORDERING", "CONCURRENCY", "PENDING", "IN-FLIGHT"
+    );
+    for h in body["handlers"].as_array().into_iter().flatten() {
+        let subscribes: Vec<&str> = h["subscribe"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{:<20} {:<10} {:>11} {:>8} {:>9}  {}",
+            h["name"].as_str().unwrap_or("?"),
+            h["ordering"].as_str().unwrap_or("?"),
+            h["concurrency"],
+            h["pending"],
+            h["in_flight"],
+            subscribes.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn dead_letters(handler: Option<String>, ty: Option<String>, host: &HostArg) -> Result<()> {
+    let mut url = reqwest::Url::parse(&host.url("/admin/deadletters"))
+        .with_context(|| format!("bad --host {}", host.url))?;
+    {
+        let mut query = url.query_pairs_mut();
+        query.append_pair("limit", "1000");
+        if let Some(handler) = &handler {
+            query.append_pair("handler", handler);
+        }
+        if let Some(ty) = &ty {
+            query.append_pair("type", ty);
+        }
+    }
+    let body = admin(reqwest::Method::GET, url.to_string()).await?;
+    let letters = body["deadletters"].as_array().cloned().unwrap_or_default();
+    if letters.is_empty() {
+        println!("no dead letters");
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<16} {:<24} {:>8}  LAST ERROR",
+        "ID", "HANDLER", "EVENT ID", "ATTEMPTS"
+    );
+    for letter in &letters {
+        let last_error = letter["errors"]
+            .as_array()
+            .and_then(|errors| errors.last())
+            .and_then(|e| e["error"].as_str())
+            .unwrap_or("");
+        println!(
+            "{:>6}  {:<16} {:<24} {:>8}  {}",
+            letter["id"],
+            letter["handler"].as_str().unwrap_or("?"),
+            letter["event"]["id"].as_str().unwrap_or("?"),
+            letter["attempts"],
+            last_error
+        );
+    }
+    Ok(())
+}
+
+async fn redrive(id: Option<i64>, handler: Option<String>, host: &HostArg) -> Result<()> {
+    let url = match (id, &handler) {
+        (Some(id), _) => host.url(&format!("/admin/deadletters/{id}/redrive")),
+        (None, Some(handler)) => {
+            let mut url = reqwest::Url::parse(&host.url("/admin/deadletters/redrive"))
+                .with_context(|| format!("bad --host {}", host.url))?;
+            url.query_pairs_mut().append_pair("handler", handler);
+            url.to_string()
+        }
+        (None, None) => bail!("give a dead letter id or --handler"),
+    };
+    let body = admin(reqwest::Method::POST, url).await?;
+    println!("redriven: {}", body["redriven"]);
     Ok(())
 }
 

@@ -295,6 +295,22 @@ impl TestHost {
         }
     }
 
+    /// Poll `probe` until it finds something; fail the test with `what` after `timeout`.
+    pub async fn poll<T, F, Fut>(&self, what: &str, timeout: Duration, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = probe().await {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Wait until no delivery in the log is pending.
     pub async fn wait_idle(&self, timeout: Duration) {
         self.eventually("every delivery settled", timeout, || async {

@@ -150,10 +150,59 @@ pub struct LoggedEvent {
 pub struct DeliveryStatus {
     pub id: i64,
     pub handler: String,
-    /// `pending`, `done` or `dead`.
+    /// `pending`, `done`, `dead` or `discarded`.
     pub status: String,
+    /// Attempts since the last redrive.
     pub attempts: u32,
+    pub redrives: u32,
+    /// For a pending delivery that failed before: when it is tried again (unix ms).
+    pub not_before_ms: i64,
     pub last_error: Option<String>,
+    /// The log positions of the events this delivery's handler emitted.
+    pub caused: Vec<i64>,
+}
+
+/// A dead-lettered delivery: the event, the handler and every error.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The delivery id, which redrive and discard take.
+    pub id: i64,
+    pub handler: String,
+    pub seq: i64,
+    pub event: Event,
+    pub attempts: u32,
+    pub redrives: u32,
+    pub died_at_ms: i64,
+    /// Every failed attempt, oldest first, over all redrives.
+    pub errors: Vec<Attempt>,
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub redrive: u32,
+    pub attempt: u32,
+    pub error: String,
+    pub at_ms: i64,
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    pub handler: Option<String>,
+    pub ty: Option<String>,
+    pub id: Option<i64>,
+    /// Only dead letters with a delivery id above this.
+    pub after: Option<i64>,
+    pub limit: u32,
+}
+
+/// What to redrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedriveTarget {
+    Delivery(i64),
+    /// Every dead letter of this handler.
+    Handler(String),
 }
 
 /// The embedded store. Cheap to clone.
@@ -219,6 +268,29 @@ impl Store {
             .writer
             .send(writer::Op::Fail { failure, reply })?;
         rx.await.context("the store writer stopped")?
+    }
+
+    /// Put dead deliveries back to pending, with a fresh attempt count. Returns the handler
+    /// of each redriven delivery (empty: nothing was dead).
+    pub async fn redrive(&self, target: RedriveTarget) -> Result<Vec<String>> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(writer::Op::Redrive { target, reply })?;
+        rx.await.context("the store writer stopped")?
+    }
+
+    /// Give up on a dead delivery; `false` when `id` is not a dead delivery.
+    pub async fn discard(&self, id: i64) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.writer.send(writer::Op::Discard { id, reply })?;
+        rx.await.context("the store writer stopped")?
+    }
+
+    /// Dead letters, oldest first, with every error.
+    pub async fn dead_letters(&self, query: DeadLetterQuery) -> Result<Vec<DeadLetter>> {
+        self.read(move |conn| schema::dead_letters(conn, &query))
+            .await
     }
 
     /// Group-commit figures since the store opened.

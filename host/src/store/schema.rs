@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    Appended, Commit, Committed, DeliveryStatus, Durability, EventQuery, Failure, LoggedEvent,
-    PendingDelivery, Routed, now_ms,
+    Appended, Attempt, Commit, Committed, DeadLetter, DeadLetterQuery, DeliveryStatus, Durability,
+    EventQuery, Failure, LoggedEvent, PendingDelivery, RedriveTarget, Routed, now_ms,
 };
 use crate::event::Event;
 
@@ -28,8 +28,10 @@ CREATE TABLE IF NOT EXISTS events (
     extensions      TEXT NOT NULL,   -- a JSON object of strings
     data            BLOB,
     received_at     INTEGER NOT NULL, -- unix ms
+    caused_by       INTEGER,          -- the delivery whose handler emitted it, if any
     UNIQUE (source, id)
 );
+CREATE INDEX IF NOT EXISTS events_by_cause ON events (caused_by) WHERE caused_by IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_type ON events (type, seq);
 CREATE INDEX IF NOT EXISTS events_by_subject ON events (subject, seq);
 
@@ -38,8 +40,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     event_seq       INTEGER NOT NULL REFERENCES events (seq),
     handler         TEXT NOT NULL,
     ordering_key    TEXT,
-    status          TEXT NOT NULL CHECK (status IN ('pending', 'done', 'dead')),
-    attempts        INTEGER NOT NULL DEFAULT 0,
+    -- pending -> done | dead; dead -> pending (redrive) | discarded
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'done', 'dead', 'discarded')),
+    attempts        INTEGER NOT NULL DEFAULT 0, -- since the last redrive
+    redrives        INTEGER NOT NULL DEFAULT 0,
     not_before      INTEGER NOT NULL DEFAULT 0, -- unix ms
     last_error      TEXT,
     updated_at      INTEGER NOT NULL,
@@ -47,13 +51,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (handler, id) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_seq);
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (handler, id) WHERE status = 'dead';
 
 CREATE TABLE IF NOT EXISTS attempts (
     delivery_id     INTEGER NOT NULL REFERENCES deliveries (id),
+    redrive         INTEGER NOT NULL, -- which round: 0 before any redrive
     attempt         INTEGER NOT NULL,
     error           TEXT NOT NULL,
     at              INTEGER NOT NULL,
-    PRIMARY KEY (delivery_id, attempt)
+    PRIMARY KEY (delivery_id, redrive, attempt)
 ) WITHOUT ROWID;
 
 -- A deleted key keeps its row with a NULL value, so that its version only ever grows: an
@@ -88,8 +94,14 @@ pub(super) fn prepare_reader(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Append one event and its deliveries, unless it is a duplicate.
-pub(super) fn append(tx: &Connection, routed: &Routed, now: i64) -> Result<Appended> {
+/// Append one event and its deliveries, unless it is a duplicate. `caused_by` is the
+/// delivery whose handler emitted it.
+pub(super) fn append(
+    tx: &Connection,
+    routed: &Routed,
+    caused_by: Option<i64>,
+    now: i64,
+) -> Result<Appended> {
     let event = &routed.event;
     let existing: Option<i64> = tx
         .prepare_cached("SELECT seq FROM events WHERE source = ?1 AND id = ?2")?
@@ -101,7 +113,8 @@ pub(super) fn append(tx: &Connection, routed: &Routed, now: i64) -> Result<Appen
     let extensions = serde_json::to_string(&event.extensions)?;
     tx.prepare_cached(
         "INSERT INTO events (id, source, type, subject, time, datacontenttype, dataschema, \
-         extensions, data, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         extensions, data, received_at, caused_by) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         event.id,
@@ -113,7 +126,8 @@ pub(super) fn append(tx: &Connection, routed: &Routed, now: i64) -> Result<Appen
         event.dataschema,
         extensions,
         event.data,
-        now
+        now,
+        caused_by
     ])?;
     let seq = tx.last_insert_rowid();
     let mut insert = tx.prepare_cached(
@@ -163,33 +177,67 @@ pub(super) fn commit(tx: &Connection, commit: &Commit, now: i64) -> Result<Commi
     let emitted = commit
         .emitted
         .iter()
-        .map(|routed| append(tx, routed, now))
+        .map(|routed| append(tx, routed, Some(commit.delivery_id), now))
         .collect::<Result<Vec<_>>>()?;
     Ok(Committed::Done { emitted })
 }
 
 /// Record a failed attempt and either schedule the next one or dead-letter the delivery.
 pub(super) fn fail(tx: &Connection, failure: &Failure, now: i64) -> Result<()> {
-    let attempts: Option<i64> = tx
+    let attempted: Option<(i64, i64)> = tx
         .prepare_cached(
             "UPDATE deliveries SET attempts = attempts + 1, last_error = ?2, updated_at = ?3, \
              status = CASE WHEN ?4 IS NULL THEN 'dead' ELSE 'pending' END, \
              not_before = coalesce(?4, not_before) \
-             WHERE id = ?1 AND status = 'pending' RETURNING attempts",
+             WHERE id = ?1 AND status = 'pending' RETURNING redrives, attempts",
         )?
         .query_row(
             params![failure.delivery_id, failure.error, now, failure.retry_at_ms],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .optional()?;
-    if let Some(attempt) = attempts {
+    if let Some((redrive, attempt)) = attempted {
         tx.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (delivery_id, attempt, error, at) \
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR REPLACE INTO attempts (delivery_id, redrive, attempt, error, at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![failure.delivery_id, attempt, failure.error, now])?;
+        .execute(params![
+            failure.delivery_id,
+            redrive,
+            attempt,
+            failure.error,
+            now
+        ])?;
     }
     Ok(())
+}
+
+/// Put dead deliveries back to pending with a fresh attempt count: the one with `id`, or
+/// all of `handler`'s. Returns the handlers of the redriven deliveries.
+pub(super) fn redrive(tx: &Connection, target: &RedriveTarget, now: i64) -> Result<Vec<String>> {
+    let sql = "UPDATE deliveries SET status = 'pending', attempts = 0, not_before = 0, \
+               redrives = redrives + 1, updated_at = ?3 \
+               WHERE status = 'dead' AND (id = ?1 OR handler = ?2) RETURNING handler";
+    let (id, handler) = match target {
+        RedriveTarget::Delivery(id) => (Some(*id), None),
+        RedriveTarget::Handler(handler) => (None, Some(handler.as_str())),
+    };
+    let mut stmt = tx.prepare_cached(sql)?;
+    let handlers = stmt
+        .query_map(params![id, handler, now], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(handlers)
+}
+
+/// Give up on a dead delivery for good; `false` when there is no dead delivery `id`.
+pub(super) fn discard(tx: &Connection, id: i64, now: i64) -> Result<bool> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'discarded', updated_at = ?2 \
+             WHERE id = ?1 AND status = 'dead'",
+        )?
+        .execute(params![id, now])?;
+    Ok(changed == 1)
 }
 
 const EVENT_COLUMNS: &str = "e.seq, e.id, e.source, e.type, e.subject, e.time, \
@@ -280,24 +328,93 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<Vec<Logged
         },
     )?;
     let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    for logged in &mut events {
+        logged.deliveries = deliveries_of(conn, logged.seq)?;
+    }
+    Ok(events)
+}
+
+/// Every delivery of the event at `seq`, with the events each one caused.
+fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<DeliveryStatus>> {
     let mut deliveries = conn.prepare_cached(
-        "SELECT id, handler, status, attempts, last_error FROM deliveries \
+        "SELECT id, handler, status, attempts, redrives, not_before, last_error FROM deliveries \
          WHERE event_seq = ?1 ORDER BY id",
     )?;
-    for logged in &mut events {
-        logged.deliveries = deliveries
-            .query_map(params![logged.seq], |row| {
-                Ok(DeliveryStatus {
+    let mut caused =
+        conn.prepare_cached("SELECT seq FROM events WHERE caused_by = ?1 ORDER BY seq")?;
+    let mut all = deliveries
+        .query_map(params![seq], |row| {
+            Ok(DeliveryStatus {
+                id: row.get(0)?,
+                handler: row.get(1)?,
+                status: row.get(2)?,
+                attempts: row.get(3)?,
+                redrives: row.get(4)?,
+                not_before_ms: row.get(5)?,
+                last_error: row.get(6)?,
+                caused: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for delivery in &mut all {
+        if delivery.status == "done" {
+            delivery.caused = caused
+                .query_map(params![delivery.id], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+    }
+    Ok(all)
+}
+
+pub(super) fn dead_letters(conn: &Connection, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>> {
+    let sql = format!(
+        "SELECT d.id, d.handler, d.attempts, d.redrives, d.updated_at, {EVENT_COLUMNS} \
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.status = 'dead' AND (?1 IS NULL OR d.handler = ?1) \
+         AND (?2 IS NULL OR e.type = ?2) AND (?3 IS NULL OR d.id = ?3) AND d.id > ?4 \
+         ORDER BY d.id LIMIT ?5"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut letters = stmt
+        .query_map(
+            params![
+                query.handler,
+                query.ty,
+                query.id,
+                query.after.unwrap_or(0),
+                query.limit
+            ],
+            |row| {
+                Ok(DeadLetter {
                     id: row.get(0)?,
                     handler: row.get(1)?,
-                    status: row.get(2)?,
-                    attempts: row.get(3)?,
-                    last_error: row.get(4)?,
+                    attempts: row.get(2)?,
+                    redrives: row.get(3)?,
+                    died_at_ms: row.get(4)?,
+                    seq: row.get(5)?,
+                    event: event_from_row(row, 5)?,
+                    errors: Vec::new(),
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut attempts = conn.prepare_cached(
+        "SELECT redrive, attempt, error, at FROM attempts WHERE delivery_id = ?1 \
+         ORDER BY redrive, attempt",
+    )?;
+    for letter in &mut letters {
+        letter.errors = attempts
+            .query_map(params![letter.id], |row| {
+                Ok(Attempt {
+                    redrive: row.get(0)?,
+                    attempt: row.get(1)?,
+                    error: row.get(2)?,
+                    at_ms: row.get(3)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
     }
-    Ok(events)
+    Ok(letters)
 }
 
 /// The current time for a write transaction.

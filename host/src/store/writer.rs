@@ -17,7 +17,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::schema;
-use super::{Appended, Commit, Committed, Failure, Routed};
+use super::{Appended, Commit, Committed, Failure, RedriveTarget, Routed};
 
 /// Requests applied in one transaction at most; bounds the latency one commit adds.
 const MAX_GROUP: usize = 512;
@@ -34,6 +34,14 @@ pub(super) enum Op {
     Fail {
         failure: Failure,
         reply: oneshot::Sender<Result<()>>,
+    },
+    Redrive {
+        target: RedriveTarget,
+        reply: oneshot::Sender<Result<Vec<String>>>,
+    },
+    Discard {
+        id: i64,
+        reply: oneshot::Sender<Result<bool>>,
     },
 }
 
@@ -93,6 +101,8 @@ enum Done {
     ),
     Commit(oneshot::Sender<Result<Committed>>, Result<Committed>),
     Fail(oneshot::Sender<Result<()>>, Result<()>),
+    Redrive(oneshot::Sender<Result<Vec<String>>>, Result<Vec<String>>),
+    Discard(oneshot::Sender<Result<bool>>, Result<bool>),
 }
 
 impl Done {
@@ -102,6 +112,8 @@ impl Done {
             Done::Append(reply, result) => drop(reply.send(result)),
             Done::Commit(reply, result) => drop(reply.send(result)),
             Done::Fail(reply, result) => drop(reply.send(result)),
+            Done::Redrive(reply, result) => drop(reply.send(result)),
+            Done::Discard(reply, result) => drop(reply.send(result)),
         }
     }
 
@@ -112,6 +124,8 @@ impl Done {
             Done::Append(reply, _) => drop(reply.send(Err(err()))),
             Done::Commit(reply, _) => drop(reply.send(Err(err()))),
             Done::Fail(reply, _) => drop(reply.send(Err(err()))),
+            Done::Redrive(reply, _) => drop(reply.send(Err(err()))),
+            Done::Discard(reply, _) => drop(reply.send(Err(err()))),
         }
     }
 }
@@ -178,7 +192,7 @@ fn apply_one(tx: &mut Transaction<'_>, op: Op, now: i64) -> Done {
             let result = within(tx, |sp| {
                 events
                     .iter()
-                    .map(|routed| schema::append(sp, routed, now))
+                    .map(|routed| schema::append(sp, routed, None, now))
                     .collect()
             });
             Done::Append(reply, result)
@@ -191,6 +205,14 @@ fn apply_one(tx: &mut Transaction<'_>, op: Op, now: i64) -> Done {
             let result = within(tx, |sp| schema::fail(sp, &failure, now));
             Done::Fail(reply, result)
         }
+        Op::Redrive { target, reply } => {
+            let result = within(tx, |sp| schema::redrive(sp, &target, now));
+            Done::Redrive(reply, result)
+        }
+        Op::Discard { id, reply } => {
+            let result = within(tx, |sp| schema::discard(sp, id, now));
+            Done::Discard(reply, result)
+        }
     }
 }
 
@@ -200,5 +222,7 @@ fn not_applied(op: Op) -> Done {
         Op::Append { reply, .. } => Done::Append(reply, Err(anyhow!("not applied"))),
         Op::Commit { reply, .. } => Done::Commit(reply, Err(anyhow!("not applied"))),
         Op::Fail { reply, .. } => Done::Fail(reply, Err(anyhow!("not applied"))),
+        Op::Redrive { reply, .. } => Done::Redrive(reply, Err(anyhow!("not applied"))),
+        Op::Discard { reply, .. } => Done::Discard(reply, Err(anyhow!("not applied"))),
     }
 }

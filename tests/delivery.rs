@@ -1,0 +1,273 @@
+//! Delivery guarantees: retries with backoff, dead letters and their admin API, redrive after
+//! a fix, retry timers that survive a restart, and the event history that shows it all.
+
+use std::time::{Duration, Instant};
+
+use evhost::config::Manifest;
+use evhost_tests::{TestHost, event, manifest};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One handler named `worker` with `module` and these extra settings.
+fn worker_app(module: &str, settings: &str) -> Manifest {
+    manifest(&format!(
+        r#"
+        [app]
+        name = "delivery"
+
+        [[handler]]
+        name = "worker"
+        module = "{{guests}}/{module}.wasm"
+        subscribe = ["test.work.v1", "test.trap.v1"]
+        {settings}
+        "#
+    ))
+}
+
+async fn dead_letters(host: &TestHost, query: &str) -> Vec<Value> {
+    let response = host
+        .client
+        .get(host.url(&format!("/admin/deadletters{query}")))
+        .send()
+        .await
+        .expect("the host answers");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    body["deadletters"].as_array().cloned().unwrap_or_default()
+}
+
+async fn wait_dead_letters(host: &TestHost, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let letters = dead_letters(host, "").await;
+        if letters.len() >= count {
+            return letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {count} dead letters, have {letters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The deliveries of the logged event with this id.
+async fn deliveries_of(host: &TestHost, id: &str) -> Vec<Value> {
+    host.all_events()
+        .await
+        .into_iter()
+        .find(|e| e["event"]["id"] == id)
+        .map(|e| e["deliveries"].as_array().cloned().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn unix_ms(rfc3339: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .timestamp_millis()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_exponentially_then_dead_letter_with_every_error() {
+    let host = TestHost::start(worker_app(
+        "recorder",
+        "max_attempts = 4\nbackoff = { initial_ms = 100, max_ms = 1000 }",
+    ))
+    .await;
+    let failing = event("flaky-1", "test.work.v1", json!({"fail": "retry"}));
+    assert_eq!(host.post_structured(&failing).await.status(), 202);
+
+    let letters = wait_dead_letters(&host, 1).await;
+    let letter = &letters[0];
+    assert_eq!(letter["handler"], "worker");
+    assert_eq!(letter["event"]["id"], "flaky-1");
+    assert_eq!(letter["attempts"], 4);
+    let errors = letter["errors"].as_array().expect("errors");
+    assert_eq!(
+        errors.len(),
+        4,
+        "every attempt records its error: {errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["error"].as_str().is_some_and(|m| m.contains("retry")))
+    );
+    // Waits of at least half of 100, 200, 400 ms (jitter takes up to half off).
+    let times: Vec<i64> = errors.iter().map(|e| unix_ms(&e["at"])).collect();
+    for (i, pair) in times.windows(2).enumerate() {
+        let floor = 50 << i;
+        assert!(pair[1] - pair[0] >= floor, "gap {i} too short: {times:?}");
+    }
+    // Nothing of a failed attempt was committed.
+    assert_eq!(host.state("worker", "count").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_dead_letters_at_once_and_the_admin_api_lists_filters_and_deletes() {
+    let host = TestHost::start(worker_app("recorder", "max_attempts = 5")).await;
+    for (id, fail) in [("r-1", "reject"), ("r-2", "reject")] {
+        let e = event(id, "test.work.v1", json!({"fail": fail}));
+        assert_eq!(host.post_structured(&e).await.status(), 202);
+    }
+    let letters = wait_dead_letters(&host, 2).await;
+    assert!(letters.iter().all(|l| l["attempts"] == 1), "{letters:?}");
+
+    assert_eq!(dead_letters(&host, "?handler=worker").await.len(), 2);
+    assert_eq!(dead_letters(&host, "?handler=nobody").await.len(), 0);
+    assert_eq!(
+        dead_letters(&host, "?type=test.work.v1&limit=1")
+            .await
+            .len(),
+        1
+    );
+
+    let id = letters[0]["id"].as_i64().expect("an id");
+    let one = host
+        .client
+        .get(host.url(&format!("/admin/deadletters/{id}")))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(one.status(), 200);
+    let one: Value = one.json().await.expect("JSON");
+    assert_eq!(one["event"]["id"], letters[0]["event"]["id"]);
+
+    let deleted = host
+        .client
+        .delete(host.url(&format!("/admin/deadletters/{id}")))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(dead_letters(&host, "").await.len(), 1);
+    let again = host
+        .client
+        .delete(host.url(&format!("/admin/deadletters/{id}")))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(again.status(), 404);
+    // The event itself stays in the log.
+    let discarded = letters[0]["event"]["id"].as_str().expect("an id");
+    assert_eq!(
+        deliveries_of(&host, discarded).await[0]["status"],
+        "discarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_after_the_handler_is_fixed_delivers_once() {
+    // The handler traps on this event type; after a fix (here: a restart with a module that
+    // handles it) a redrive delivers it with a fresh attempt count.
+    let host = TestHost::start(worker_app(
+        "misbehave",
+        "max_attempts = 2\nbackoff = { initial_ms = 10, max_ms = 10 }",
+    ))
+    .await;
+    let e = event("broken-1", "test.trap.v1", json!({}));
+    assert_eq!(host.post_structured(&e).await.status(), 202);
+    let letters = wait_dead_letters(&host, 1).await;
+    let id = letters[0]["id"].as_i64().expect("an id");
+    assert_eq!(letters[0]["attempts"], 2);
+    let (_, data) = host.stop().await;
+
+    let fixed = worker_app("recorder", "max_attempts = 2");
+    let host = TestHost::start_on(fixed, data).await.expect("restarts");
+    let redrive = host
+        .client
+        .post(host.url(&format!("/admin/deadletters/{id}/redrive")))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(redrive.status(), 200);
+    let body: Value = redrive.json().await.expect("JSON");
+    assert_eq!(body["redriven"], 1);
+
+    host.eventually("the redriven event is handled", WAIT, || async {
+        host.state("worker", "count").await == Some(json!(1))
+    })
+    .await;
+    host.wait_idle(WAIT).await;
+    let delivery = &deliveries_of(&host, "broken-1").await[0];
+    assert_eq!(delivery["status"], "done");
+    assert_eq!(delivery["redrives"], 1);
+    assert!(dead_letters(&host, "").await.is_empty());
+    // A second redrive of the same id finds nothing dead.
+    let again = host
+        .client
+        .post(host.url(&format!("/admin/deadletters/{id}/redrive")))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(again.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_timer_survives_a_restart() {
+    let host = TestHost::start(worker_app(
+        "misbehave",
+        "max_attempts = 3\nbackoff = { initial_ms = 1500, max_ms = 1500 }",
+    ))
+    .await;
+    let e = event("later-1", "test.trap.v1", json!({}));
+    assert_eq!(host.post_structured(&e).await.status(), 202);
+    let retrying = host
+        .poll("the first attempt failed", WAIT, || async {
+            let deliveries = deliveries_of(&host, "later-1").await;
+            deliveries.into_iter().find(|d| d["status"] == "retrying")
+        })
+        .await;
+    let due = unix_ms(&retrying["next_attempt_at"]);
+    let (_, data) = host.stop().await;
+
+    // Restart with a handler that succeeds: the pending retry runs at its time, not before.
+    let host = TestHost::start_on(worker_app("recorder", "max_attempts = 3"), data)
+        .await
+        .expect("restarts");
+    host.eventually("the retry ran after the restart", WAIT, || async {
+        host.state("worker", "count").await == Some(json!(1))
+    })
+    .await;
+    let ran_at = chrono::Utc::now().timestamp_millis();
+    assert!(ran_at >= due, "the retry ran {} ms early", due - ran_at);
+    let delivery = &deliveries_of(&host, "later-1").await[0];
+    assert_eq!(delivery["status"], "done");
+    assert_eq!(delivery["attempts"], 2, "one failure, then the success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_links_each_delivery_to_the_events_it_caused() {
+    let host = TestHost::start(worker_app("recorder", "")).await;
+    let e = event(
+        "cause-1",
+        "test.work.v1",
+        json!({"emit": {"type": "test.effect.v1", "data": {"n": 1}, "subject": "s"}}),
+    );
+    assert_eq!(host.post_structured(&e).await.status(), 202);
+    host.wait_idle(WAIT).await;
+    let events = host.all_events().await;
+    let cause = events
+        .iter()
+        .find(|e| e["event"]["id"] == "cause-1")
+        .expect("the cause");
+    let caused = cause["deliveries"][0]["caused"]
+        .as_array()
+        .expect("caused")
+        .clone();
+    assert_eq!(caused.len(), 1);
+    let effect = events
+        .iter()
+        .find(|e| e["seq"] == caused[0])
+        .expect("the effect");
+    assert_eq!(effect["event"]["type"], "test.effect.v1");
+    assert_eq!(effect["event"]["causationid"], "cause-1");
+    assert_eq!(effect["event"]["source"], "/delivery/worker");
+    assert!(
+        effect["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .is_empty()
+    );
+}
