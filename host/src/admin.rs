@@ -313,6 +313,48 @@ pub(crate) async fn handlers(State(app): State<Arc<AppState>>) -> Response {
     Json(json!({"handlers": handlers})).into_response()
 }
 
+/// `GET /metrics`: Prometheus text format. Live gauges are read now, so they never drift.
+pub(crate) async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let scheduler = &app.scheduler;
+    let metrics = scheduler.metrics();
+    for name in scheduler.handler_names() {
+        if let Some(slot) = scheduler.handler(&name) {
+            let labels = [name.as_str()];
+            metrics
+                .pending
+                .with_label_values(&labels)
+                .set(slot.pending() as i64);
+            metrics
+                .in_flight
+                .with_label_values(&labels)
+                .set(slot.in_flight() as i64);
+            metrics.dead_letters.with_label_values(&labels).set(0);
+        }
+    }
+    match scheduler.store().dead_counts().await {
+        Ok(counts) => {
+            for (handler, count) in counts {
+                metrics
+                    .dead_letters
+                    .with_label_values(&[handler.as_str()])
+                    .set(count as i64);
+            }
+        }
+        Err(err) => return internal("failed to count dead letters", &err),
+    }
+    match metrics.render() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => internal("failed to render metrics", &err),
+    }
+}
+
 fn internal(what: &str, err: &anyhow::Error) -> Response {
     tracing::error!(error = format!("{err:#}"), "{what}");
     Problem::internal().into_response()

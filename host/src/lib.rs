@@ -30,6 +30,7 @@ pub mod capabilities;
 pub mod config;
 pub mod event;
 pub mod ingress;
+pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;
@@ -112,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(admin::metrics))
         .route("/admin/events", get(admin::events))
         .route("/admin/handlers", get(admin::handlers))
         .route("/admin/state/{handler}/{*key}", get(admin::state))
@@ -155,7 +157,8 @@ pub async fn run(
         Some(manifest) => load_handlers(&runtime, manifest).await?,
         None => Vec::new(),
     };
-    let scheduler = Scheduler::new(store, runtime);
+    let metrics = Arc::new(metrics::Metrics::new(store.metric_collectors())?);
+    let scheduler = Scheduler::new(store, runtime, metrics)?;
     scheduler.start(handlers).await?;
 
     let state = Arc::new(AppState::new(scheduler.clone(), options.body_limit));

@@ -27,7 +27,8 @@ use arc_swap::ArcSwap;
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
-use crate::config::Backoff;
+use crate::config::{Backoff, Rate};
+use crate::metrics::Metrics;
 use crate::router::RouteTable;
 use crate::runtime::{DeployedHandler, InvokeError, Runtime};
 use crate::store::{Commit, Committed, Failure, PendingDelivery, Store, now_ms};
@@ -40,6 +41,11 @@ const MIN_WINDOW: u32 = 256;
 /// this the conflict counts as a failed attempt (a key that hot is a design problem).
 const MAX_CONFLICT_RERUNS: u32 = 100;
 
+/// What a 429 asks a client to wait when the handler has not drained anything lately.
+const UNKNOWN_DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// The longest wait a 429 asks for.
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(60);
+
 /// After a store error the worker waits this long before looking again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
@@ -47,6 +53,8 @@ const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 pub struct Scheduler {
     store: Store,
     runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    wasm_threads: WasmThreads,
     routes: ArcSwap<RouteTable>,
     handlers: ArcSwap<HashMap<String, Arc<HandlerSlot>>>,
     shutdown: watch::Sender<bool>,
@@ -59,6 +67,7 @@ pub struct HandlerSlot {
     permits: Arc<Semaphore>,
     /// Deliveries appended and not yet settled (done or dead).
     pending: AtomicU64,
+    drain: std::sync::Mutex<DrainRate>,
 }
 
 impl HandlerSlot {
@@ -68,6 +77,23 @@ impl HandlerSlot {
 
     pub fn pending(&self) -> u64 {
         self.pending.load(AtomicOrdering::Relaxed)
+    }
+
+    /// How long until `excess` deliveries have drained, at the rate this handler settled
+    /// them lately; what a 429 asks the client to wait.
+    pub fn time_to_drain(&self, excess: u64) -> Duration {
+        let rate = self.drain.lock().map_or(0.0, |d| d.per_second);
+        if rate <= 0.0 {
+            return UNKNOWN_DRAIN_WAIT;
+        }
+        Duration::from_secs_f64(excess as f64 / rate).clamp(Duration::from_secs(1), MAX_DRAIN_WAIT)
+    }
+
+    fn settled(&self) {
+        self.pending.fetch_sub(1, AtomicOrdering::Relaxed);
+        if let Ok(mut drain) = self.drain.lock() {
+            drain.settled();
+        }
     }
 
     /// Invocations running now.
@@ -83,14 +109,24 @@ struct Finished {
 }
 
 impl Scheduler {
-    pub fn new(store: Store, runtime: Arc<Runtime>) -> Arc<Scheduler> {
-        Arc::new(Scheduler {
+    pub fn new(
+        store: Store,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Scheduler>> {
+        Ok(Arc::new(Scheduler {
             store,
             runtime,
+            metrics,
+            wasm_threads: WasmThreads::start()?,
             routes: ArcSwap::from_pointee(RouteTable::default()),
             handlers: ArcSwap::from_pointee(HashMap::new()),
             shutdown: watch::channel(false).0,
-        })
+        }))
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {
@@ -134,6 +170,7 @@ impl Scheduler {
             let slot = Arc::new(HandlerSlot {
                 permits: Arc::new(Semaphore::new(settings.concurrency as usize)),
                 pending: AtomicU64::new(pending.get(&deployed.name).copied().unwrap_or(0)),
+                drain: std::sync::Mutex::new(DrainRate::new()),
                 wake: Notify::new(),
                 deployed: ArcSwap::from_pointee(deployed),
             });
@@ -181,12 +218,16 @@ impl Scheduler {
     async fn run_worker(self: Arc<Self>, slot: Arc<HandlerSlot>) {
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
         let mut in_flight: HashMap<i64, Option<String>> = HashMap::new();
+        let mut bucket = slot.deployed.load().settings.rate.map(TokenBucket::new);
         let mut shutdown = self.shutdown.subscribe();
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let next_due = match self.dispatch(&slot, &mut in_flight, &finished_tx).await {
+            let dispatched = self
+                .dispatch(&slot, &mut in_flight, bucket.as_mut(), &finished_tx)
+                .await;
+            let next_due = match dispatched {
                 Ok(next_due) => next_due,
                 Err(err) => {
                     tracing::error!(
@@ -226,6 +267,7 @@ impl Scheduler {
         self: &Arc<Self>,
         slot: &Arc<HandlerSlot>,
         in_flight: &mut HashMap<i64, Option<String>>,
+        mut bucket: Option<&mut TokenBucket>,
         finished: &mpsc::UnboundedSender<Finished>,
     ) -> Result<Option<i64>> {
         if slot.permits.available_permits() == 0 {
@@ -253,14 +295,27 @@ impl Scheduler {
                 );
                 continue;
             }
+            if let Some(bucket) = bucket.as_deref_mut()
+                && let Err(wait) = bucket.try_take()
+            {
+                // Out of tokens: this delivery (and its key) waits for the next one.
+                let at = now + wait.as_millis() as i64 + 1;
+                next_due = Some(next_due.map_or(at, |t| t.min(at)));
+                break;
+            }
             let Ok(permit) = slot.permits.clone().try_acquire_owned() else {
+                if let Some(bucket) = bucket.as_deref_mut() {
+                    bucket.give_back();
+                }
                 break;
             };
             in_flight.insert(delivery.id, delivery.ordering_key.clone());
             let scheduler = self.clone();
             let slot = slot.clone();
             let finished = finished.clone();
-            tokio::spawn(async move {
+            // Wasm runs on its own threads, so that handlers busy with CPU never hold the
+            // threads that serve HTTP.
+            self.wasm_threads.spawn(async move {
                 let delivery_id = delivery.id;
                 scheduler.run_delivery(&slot, delivery).await;
                 drop(permit);
@@ -277,20 +332,31 @@ impl Scheduler {
         let settled = loop {
             let deployed = slot.deployed.load_full();
             let reader = self.store.state_reader(&deployed.name);
+            let started = std::time::Instant::now();
             let outcome = self
                 .runtime
                 .invoke(&deployed, &delivery.event, reader)
                 .await;
+            self.metrics
+                .handler_duration
+                .with_label_values(&[deployed.name.as_str()])
+                .observe(started.elapsed().as_secs_f64());
             let staged = match outcome {
                 Ok(staged) => staged,
                 Err(error) => break self.record_failure(&deployed, &delivery, error).await,
             };
             match self.commit(&deployed, &delivery, staged).await {
-                Ok(Committed::Done { .. }) => break Ok(true),
+                Ok(Committed::Done { .. }) => {
+                    self.count(&deployed.name, "ok");
+                    break Ok(true);
+                }
                 Ok(Committed::AlreadySettled) => break Ok(false),
                 // Another invocation wrote what this one read: its decision is stale, not
                 // wrong, so run it again on fresh state without counting a failed attempt.
-                Ok(Committed::Conflict { .. }) if reruns < MAX_CONFLICT_RERUNS => reruns += 1,
+                Ok(Committed::Conflict { .. }) if reruns < MAX_CONFLICT_RERUNS => {
+                    self.count(&deployed.name, "conflict");
+                    reruns += 1;
+                }
                 Ok(Committed::Conflict { key }) => {
                     let error = InvokeError::Conflict { key, reruns };
                     break self.record_failure(&deployed, &delivery, error).await;
@@ -299,9 +365,7 @@ impl Scheduler {
             }
         };
         match settled {
-            Ok(true) => {
-                slot.pending.fetch_sub(1, AtomicOrdering::Relaxed);
-            }
+            Ok(true) => slot.settled(),
             Ok(false) => {}
             Err(err) => {
                 // Nothing was settled: the delivery is still pending and runs again.
@@ -357,6 +421,13 @@ impl Scheduler {
         Ok(committed)
     }
 
+    fn count(&self, handler: &str, outcome: &str) {
+        self.metrics
+            .deliveries
+            .with_label_values(&[handler, outcome])
+            .inc();
+    }
+
     /// Record a failure: retry with backoff, or dead-letter. `Ok(true)` when dead-lettered.
     async fn record_failure(
         &self,
@@ -392,7 +463,120 @@ impl Scheduler {
                 retry_at_ms,
             })
             .await?;
+        let outcome = if retry_at_ms.is_some() {
+            "retry"
+        } else {
+            "dead"
+        };
+        self.count(&deployed.name, outcome);
         Ok(retry_at_ms.is_none())
+    }
+}
+
+/// The threads that run Wasm: a tokio runtime of their own beside the one serving HTTP.
+/// Epoch yields keep any one invocation from holding a thread for long, and separate
+/// threads let the OS share the cores fairly between serving requests and running handlers.
+struct WasmThreads {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl WasmThreads {
+    fn start() -> Result<WasmThreads> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("evhost-wasm")
+            .enable_all()
+            .build()?;
+        Ok(WasmThreads {
+            runtime: Some(runtime),
+        })
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &self.runtime {
+            Some(runtime) => drop(runtime.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
+}
+
+impl Drop for WasmThreads {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code panics; let its threads wind down on their own.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Deliveries settled per second, measured over windows of at least a second.
+struct DrainRate {
+    window_start: std::time::Instant,
+    in_window: u64,
+    per_second: f64,
+}
+
+impl DrainRate {
+    fn new() -> DrainRate {
+        DrainRate {
+            window_start: std::time::Instant::now(),
+            in_window: 0,
+            per_second: 0.0,
+        }
+    }
+
+    fn settled(&mut self) {
+        self.in_window += 1;
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            self.per_second = self.in_window as f64 / elapsed.as_secs_f64();
+            self.in_window = 0;
+            self.window_start = std::time::Instant::now();
+        }
+    }
+}
+
+/// A token bucket for a handler's `rate`: holds up to one second of tokens (at least one),
+/// so a burst never exceeds a second's worth and slow rates are spread evenly.
+struct TokenBucket {
+    per_ms: f64,
+    capacity: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: Rate) -> TokenBucket {
+        let per_second = rate.per_second();
+        let capacity = per_second.max(1.0);
+        TokenBucket {
+            per_ms: per_second / 1000.0,
+            capacity,
+            tokens: capacity,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Take a token, or say how long until one is there.
+    fn try_take(&mut self) -> Result<(), Duration> {
+        let now = std::time::Instant::now();
+        let elapsed_ms = now.duration_since(self.last).as_secs_f64() * 1000.0;
+        self.tokens = (self.tokens + elapsed_ms * self.per_ms).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_ms / 1000.0,
+            ))
+        }
+    }
+
+    /// Return a token taken for an invocation that did not start.
+    fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.capacity);
     }
 }
 
@@ -412,6 +596,30 @@ pub fn backoff_delay(backoff: &Backoff, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RatePeriod;
+
+    #[test]
+    fn the_token_bucket_allows_a_second_of_burst_then_paces() {
+        let mut bucket = TokenBucket::new(Rate {
+            tokens: 10,
+            period: RatePeriod::Second,
+        });
+        for _ in 0..10 {
+            assert!(bucket.try_take().is_ok());
+        }
+        let wait = bucket.try_take().expect_err("the burst is spent");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        bucket.give_back();
+        assert!(bucket.try_take().is_ok());
+
+        let mut slow = TokenBucket::new(Rate {
+            tokens: 60,
+            period: RatePeriod::Minute,
+        });
+        assert!(slow.try_take().is_ok());
+        let wait = slow.try_take().expect_err("one per second");
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+    }
 
     #[test]
     fn backoff_grows_exponentially_with_jitter_and_caps() {

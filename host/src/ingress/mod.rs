@@ -15,7 +15,6 @@ pub mod problem;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -32,13 +31,26 @@ pub const MIN_BODY_LIMIT: usize = 64 * 1024;
 /// The default body limit of a POST.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
-/// How long a client refused with 429 is asked to wait.
-const RETRY_AFTER_FULL: Duration = Duration::from_secs(1);
-
 /// `POST /` and `/events`.
 pub(crate) async fn post(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let response = ingest(&app, &headers, body).await;
+    if response.status() != StatusCode::ACCEPTED {
+        app.scheduler
+            .metrics()
+            .ingress_rejected
+            .with_label_values(&[response.status().as_str()])
+            .inc();
+    }
+    response
+}
+
+async fn ingest(
+    app: &Arc<AppState>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if app.is_shutting_down() {
@@ -51,7 +63,7 @@ pub(crate) async fn post(
             return IngressError::from_body_rejection(&rejection, app.body_limit).into_response();
         }
     };
-    let decoded = match binding::decode(&headers, &body) {
+    let decoded = match binding::decode(headers, &body) {
         Ok(decoded) => decoded,
         Err(err) => return err.into_response(),
     };
@@ -72,9 +84,10 @@ pub(crate) async fn post(
     for (handler, incoming) in &per_handler {
         if let Some(slot) = scheduler.handler(handler) {
             let max = slot.deployed().settings.max_pending;
-            if slot.pending() + incoming > max {
+            let waiting = slot.pending() + incoming;
+            if waiting > max {
                 return Problem::too_many_requests(
-                    RETRY_AFTER_FULL,
+                    slot.time_to_drain(waiting - max),
                     format!("handler `{handler}` has {max} deliveries waiting, its limit"),
                 )
                 .with_member("handler", handler.to_string())
@@ -87,6 +100,15 @@ pub(crate) async fn post(
         .iter()
         .map(|r| r.deliveries.iter().map(|d| d.handler.clone()).collect())
         .collect();
+    // Only subscribed types get a label of their own: producers must not be able to grow
+    // the metric series without bound.
+    let type_labels: Vec<String> = routed
+        .iter()
+        .map(|r| match r.deliveries.is_empty() {
+            true => crate::metrics::OTHER_TYPE.to_owned(),
+            false => r.event.ty.clone(),
+        })
+        .collect();
     let ids: Vec<(String, String)> = routed
         .iter()
         .map(|r| (r.event.source.clone(), r.event.id.clone()))
@@ -98,6 +120,12 @@ pub(crate) async fn post(
             return Problem::internal().into_response();
         }
     };
+    let received = &app.scheduler.metrics().events_received;
+    for label in &type_labels {
+        received
+            .with_label_values(&[label.as_str(), decoded.mode.as_str()])
+            .inc();
+    }
     let mut accepted = Vec::with_capacity(appended.len());
     for ((appended, handlers), (source, id)) in appended.iter().zip(&targets).zip(ids) {
         if appended.is_new() {

@@ -215,6 +215,7 @@ struct Inner {
     path: PathBuf,
     writer: writer::Writer,
     readers: ReadPool,
+    metrics: crate::metrics::StoreMetrics,
 }
 
 impl Store {
@@ -227,12 +228,14 @@ impl Store {
             .with_context(|| format!("failed to open the store at {path:?}"))?;
         schema::prepare_writer(&conn, durability)
             .with_context(|| format!("failed to prepare the store at {path:?}"))?;
-        let writer = writer::Writer::spawn(conn)?;
+        let metrics = crate::metrics::StoreMetrics::new()?;
+        let writer = writer::Writer::spawn(conn, metrics.clone())?;
         Ok(Store {
             inner: Arc::new(Inner {
                 readers: ReadPool::new(path.clone()),
                 path,
                 writer,
+                metrics,
             }),
         })
     }
@@ -307,7 +310,19 @@ impl Store {
 
     /// How many deliveries are pending per handler (for back-pressure after a restart).
     pub async fn pending_counts(&self) -> Result<Vec<(String, u64)>> {
-        self.read(schema::pending_counts).await
+        self.read(|conn| schema::counts_by_handler(conn, "pending"))
+            .await
+    }
+
+    /// How many deliveries are dead-lettered per handler.
+    pub async fn dead_counts(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|conn| schema::counts_by_handler(conn, "dead"))
+            .await
+    }
+
+    /// The writer's Prometheus collectors (commit latency and batch size).
+    pub fn metric_collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        self.inner.metrics.collectors()
     }
 
     /// The event log, oldest first, with each event's deliveries.

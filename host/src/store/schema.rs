@@ -292,11 +292,11 @@ pub(super) fn pending(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub(super) fn pending_counts(conn: &Connection) -> Result<Vec<(String, u64)>> {
+pub(super) fn counts_by_handler(conn: &Connection, status: &str) -> Result<Vec<(String, u64)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT handler, count(*) FROM deliveries WHERE status = 'pending' GROUP BY handler",
+        "SELECT handler, count(*) FROM deliveries WHERE status = ?1 GROUP BY handler",
     )?;
-    let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let rows = stmt.query_map([status], |row| Ok((row.get(0)?, row.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 

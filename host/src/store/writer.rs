@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::schema;
 use super::{Appended, Commit, Committed, Failure, RedriveTarget, Routed};
+use crate::metrics::StoreMetrics;
 
 /// Requests applied in one transaction at most; bounds the latency one commit adds.
 const MAX_GROUP: usize = 512;
@@ -67,13 +68,13 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn spawn(conn: Connection) -> Result<Writer> {
+    pub(super) fn spawn(conn: Connection, metrics: StoreMetrics) -> Result<Writer> {
         let (queue, requests) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
         std::thread::Builder::new()
             .name("evhost-store-writer".into())
-            .spawn(move || run(conn, requests, &thread_counters))
+            .spawn(move || run(conn, requests, &thread_counters, &metrics))
             .context("failed to start the store writer thread")?;
         Ok(Writer { queue, counters })
     }
@@ -130,7 +131,12 @@ impl Done {
     }
 }
 
-fn run(mut conn: Connection, requests: mpsc::Receiver<Op>, counters: &Counters) {
+fn run(
+    mut conn: Connection,
+    requests: mpsc::Receiver<Op>,
+    counters: &Counters,
+    metrics: &StoreMetrics,
+) {
     // Ends when every `Store` handle is dropped.
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
@@ -145,9 +151,12 @@ fn run(mut conn: Connection, requests: mpsc::Receiver<Op>, counters: &Counters) 
         let outcome = apply_group(&mut conn, group);
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         counters.requests.fetch_add(size, Ordering::Relaxed);
+        let elapsed = started.elapsed();
         counters
             .commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        metrics.commit_seconds.observe(elapsed.as_secs_f64());
+        metrics.commit_batch.observe(size as f64);
         match outcome {
             Ok(done) => done.into_iter().for_each(Done::answer),
             Err((error, done)) => {

@@ -1,0 +1,146 @@
+//! Metrics: what `/metrics` serves, in the Prometheus text format.
+//!
+//! Counters and histograms are updated where things happen (ingress, the scheduler, the
+//! store writer); gauges that mirror live state (pending, in flight, dead letters) are read
+//! from the scheduler and the store when scraped, so they can never drift.
+//!
+//! Label values are bounded: handler names come from the deployment, and an event `type`
+//! label is only used for types some handler subscribes to (anything else is `other`), so a
+//! producer cannot grow the series without bound.
+
+use anyhow::{Context, Result};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The label value for event types nobody subscribes to.
+pub const OTHER_TYPE: &str = "other";
+
+/// Every metric the host exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Events accepted by ingress, by type and binding mode.
+    pub events_received: IntCounterVec,
+    /// Requests refused by ingress, by HTTP status.
+    pub ingress_rejected: IntCounterVec,
+    /// Finished invocations by handler and outcome: ok, retry, dead, conflict.
+    pub deliveries: IntCounterVec,
+    /// Wall-clock time of one invocation (instantiate + handle), by handler.
+    pub handler_duration: HistogramVec,
+    pub pending: IntGaugeVec,
+    pub in_flight: IntGaugeVec,
+    pub dead_letters: IntGaugeVec,
+}
+
+impl Metrics {
+    /// The metrics, registered together with the store's own collectors.
+    pub fn new(store_collectors: Vec<Box<dyn prometheus::core::Collector>>) -> Result<Metrics> {
+        let registry = Registry::new_custom(Some("evhost".into()), None)
+            .context("failed to create the metrics registry")?;
+        let metrics = Metrics {
+            events_received: IntCounterVec::new(
+                Opts::new("events_received_total", "Events accepted by ingress"),
+                &["type", "mode"],
+            )?,
+            ingress_rejected: IntCounterVec::new(
+                Opts::new(
+                    "ingress_rejected_total",
+                    "Requests refused by ingress, by status",
+                ),
+                &["status"],
+            )?,
+            deliveries: IntCounterVec::new(
+                Opts::new(
+                    "deliveries_total",
+                    "Finished invocations by handler and outcome",
+                ),
+                &["handler", "outcome"],
+            )?,
+            handler_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "handler_duration_seconds",
+                    "Time of one invocation, instantiate and handle",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["handler"],
+            )?,
+            pending: IntGaugeVec::new(
+                Opts::new("deliveries_pending", "Deliveries waiting, by handler"),
+                &["handler"],
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new("invocations_in_flight", "Invocations running, by handler"),
+                &["handler"],
+            )?,
+            dead_letters: IntGaugeVec::new(
+                Opts::new("dead_letters", "Dead-lettered deliveries, by handler"),
+                &["handler"],
+            )?,
+            registry,
+        };
+        let own: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.events_received.clone()),
+            Box::new(metrics.ingress_rejected.clone()),
+            Box::new(metrics.deliveries.clone()),
+            Box::new(metrics.handler_duration.clone()),
+            Box::new(metrics.pending.clone()),
+            Box::new(metrics.in_flight.clone()),
+            Box::new(metrics.dead_letters.clone()),
+        ];
+        for collector in own.into_iter().chain(store_collectors) {
+            metrics.registry.register(collector)?;
+        }
+        Ok(metrics)
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Result<String> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8(out)?)
+    }
+}
+
+/// The store writer's figures: one observation per group commit.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub commit_seconds: Histogram,
+    pub commit_batch: Histogram,
+}
+
+impl StoreMetrics {
+    pub fn new() -> Result<StoreMetrics> {
+        Ok(StoreMetrics {
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "store_commit_seconds",
+                    "Time of one group commit, fsync included",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ]),
+            )?,
+            commit_batch: Histogram::with_opts(
+                HistogramOpts::new(
+                    "store_commit_batch_size",
+                    "Requests sharing one group commit",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                ]),
+            )?,
+        })
+    }
+
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.commit_seconds.clone()),
+            Box::new(self.commit_batch.clone()),
+        ]
+    }
+}
