@@ -1,1 +1,468 @@
-//! placeholder
+//! The `evhost` binary as a user runs it: `evhost up` on an application folder, `evhost send`
+//! to the running host, a signal to stop it. Each test runs the real binary in its own
+//! temporary folders, on its own port, and kills what it started if it fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use evhost_tests::{evhost_binary, guest, guests_dir, workspace};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+const PLACE: &str = "com.example.shop.order.place.v1";
+const STOCK_ADDED: &str = "com.example.shop.stock.added.v1";
+const SHIPPED: &str = "com.example.shop.shipment.created.v1";
+
+/// How long a command that should fail at once may take.
+const QUICK: Duration = Duration::from_secs(10);
+/// How long a host may take to become ready (it compiles the handlers on first start).
+const START: Duration = Duration::from_secs(30);
+
+/// `evhost` with nothing inherited from the environment that would change its defaults.
+fn evhost() -> Command {
+    let mut command = Command::new(evhost_binary());
+    command
+        .kill_on_drop(true)
+        .stdin(Stdio::null())
+        .env_remove("EVHOST_LISTEN")
+        .env_remove("EVHOST_DATA")
+        .env_remove("EVHOST_HOST")
+        .env("EVHOST_LOG", "info");
+    command
+}
+
+/// Runs a command that is expected to end by itself, within `timeout`.
+async fn output(mut command: Command, timeout: Duration) -> Output {
+    let run = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output();
+    tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not end within {timeout:?}"))
+        .expect("the command runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A port nothing listens on (right now).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `evhost up` running in the background; killed when dropped.
+struct Up {
+    child: Child,
+    base: String,
+    stderr: PathBuf,
+    _scratch: TempDir,
+}
+
+impl Up {
+    /// Starts `evhost up ARGS` in `cwd`, on a free port, with its store in a temporary folder,
+    /// and waits until it is ready.
+    async fn start(cwd: &Path, args: &[&str]) -> Up {
+        let scratch = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let stderr = scratch.path().join("stderr.log");
+        let log = std::fs::File::create(&stderr).expect("a log file");
+        let mut command = evhost();
+        command
+            .current_dir(cwd)
+            .arg("up")
+            .args(args)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--data")
+            .arg(scratch.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = command.spawn().expect("evhost up starts");
+        let mut up = Up {
+            child,
+            base: format!("http://{listen}"),
+            stderr,
+            _scratch: scratch,
+        };
+        up.wait_ready().await;
+        up
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + START;
+        loop {
+            if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("the child's status") {
+                panic!(
+                    "evhost up exited ({status}) before it was ready:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "evhost up was not ready within {START:?}:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// `evhost send ARGS --host <this host>`.
+    async fn send(&self, args: &[&str]) -> Output {
+        let mut command = evhost();
+        command.arg("send").args(args).arg("--host").arg(&self.base);
+        output(command, QUICK).await
+    }
+
+    /// The CloudEvents of the log with these query parameters.
+    async fn events(&self, query: &[(&str, &str)]) -> Vec<Value> {
+        let response = reqwest::Client::new()
+            .get(format!("{}/admin/events", self.base))
+            .query(query)
+            .send()
+            .await
+            .expect("the host answers");
+        assert_eq!(response.status(), 200, "GET /admin/events");
+        let body: Value = response.json().await.expect("a JSON body");
+        body["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e["event"].clone())
+            .collect()
+    }
+
+    /// SIGTERM, as a service manager stops a service; waits for the exit.
+    async fn terminate(mut self, within: Duration) -> ExitStatus {
+        let pid = self.child.id().expect("the host is still running");
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(kill.success(), "kill -TERM {pid}");
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.expect("the host's exit status"),
+            Err(_) => panic!(
+                "evhost did not stop within {within:?} of SIGTERM:\n{}",
+                self.stderr()
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_reports_every_manifest_problem_at_once_before_binding() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let manifest = dir.path().join("evhost.toml");
+    std::fs::write(
+        &manifest,
+        r#"
+[app]
+name = "broken"
+
+[[handler]]
+name = "alpha"
+module = "alpha.wasm"
+subscribe = ["com.example.a.v1"]
+concurrency = 0
+colour = "red"
+
+[[handler]]
+name = "beta"
+module = "beta.wasm"
+subscribe = []
+ordering = "sideways"
+backoff = { initial_ms = 100, jitter = true }
+
+[[handler]]
+name = "gamma"
+subscribe = ["com.example.g.v1"]
+timeout_ms = "soon"
+"#,
+    )
+    .expect("write the manifest");
+
+    // The port is taken: had `up` bound before validating, it would complain about the port.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a port");
+    let listen = taken.local_addr().expect("an address").to_string();
+    let data = dir.path().join("data");
+    let mut command = evhost();
+    command
+        .arg("up")
+        .arg(dir.path())
+        .args(["--listen", &listen])
+        .arg("--data")
+        .arg(&data);
+    let out = output(command, QUICK).await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+
+    let file = manifest.display().to_string();
+    for (handler, key) in [
+        ("alpha", "concurrency"),
+        ("alpha", "colour"),
+        ("beta", "subscribe"),
+        ("beta", "ordering"),
+        ("beta", "backoff.jitter"),
+        ("gamma", "module"),
+        ("gamma", "timeout_ms"),
+    ] {
+        let expected = format!("{file}: handler `{handler}`: key `{key}`");
+        assert!(
+            stderr.contains(&expected),
+            "stderr lacks `{expected}`:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("failed to listen"), "{stderr}");
+    assert!(!data.exists(), "a refused start left a store behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_without_a_manifest_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = evhost();
+    command
+        .current_dir(dir.path())
+        .args(["up", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"));
+    let out = output(command, QUICK).await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("evhost.toml"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_refuses_modules_that_are_not_handler_components() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // The 8-byte preamble of an empty core module, and of an empty component (which exports
+    // nothing, so not the handler world).
+    std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").expect("write");
+    std::fs::write(dir.path().join("empty.wasm"), b"\0asm\x0d\0\x01\0").expect("write");
+    std::fs::write(dir.path().join("junk.wasm"), b"#!/bin/sh\necho not wasm\n").expect("write");
+    let manifest = dir.path().join("evhost.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+[app]
+name = "modules"
+
+[[handler]]
+name = "good"
+module = "{good}"
+subscribe = ["com.example.ok.v1"]
+
+[[handler]]
+name = "core"
+module = "core.wasm"
+subscribe = ["com.example.a.v1"]
+
+[[handler]]
+name = "empty"
+module = "empty.wasm"
+subscribe = ["com.example.b.v1"]
+
+[[handler]]
+name = "junk"
+module = "junk.wasm"
+subscribe = ["com.example.c.v1"]
+
+[[handler]]
+name = "absent"
+module = "absent.wasm"
+subscribe = ["com.example.d.v1"]
+"#,
+            good = guest("recorder").display()
+        ),
+    )
+    .expect("write the manifest");
+
+    let mut command = evhost();
+    command
+        .arg("up")
+        .arg(&manifest)
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"));
+    let out = output(command, START).await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+
+    // Every broken handler is named with its module and what is wrong with it; the good one
+    // is not blamed.
+    let line = |handler: &str| {
+        stderr
+            .lines()
+            .find(|line| line.contains(&format!("handler `{handler}`")))
+            .unwrap_or_else(|| panic!("stderr does not name `{handler}`:\n{stderr}"))
+            .to_owned()
+    };
+    let core = line("core");
+    assert!(core.contains("core.wasm"), "{core}");
+    assert!(core.contains("core wasm module"), "{core}");
+    assert!(core.contains("component"), "{core}");
+    let empty = line("empty");
+    assert!(empty.contains("empty.wasm"), "{empty}");
+    assert!(empty.contains("does not export"), "{empty}");
+    let junk = line("junk");
+    assert!(junk.contains("junk.wasm"), "{junk}");
+    assert!(junk.contains("not a valid component"), "{junk}");
+    let absent = line("absent");
+    assert!(absent.contains("absent.wasm"), "{absent}");
+    assert!(
+        !stderr.contains("handler `good`"),
+        "the good handler is blamed:\n{stderr}"
+    );
+    assert!(stderr.contains(&manifest.display().to_string()), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_refuses_a_body_limit_below_the_cloudevents_minimum() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    guests_dir();
+    let mut command = evhost();
+    command
+        .current_dir(workspace())
+        .args(["up", "examples/shop", "--listen", "127.0.0.1:0"])
+        .args(["--body-limit", "1000", "--data"])
+        .arg(dir.path().join("data"));
+    let out = output(command, START).await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("65536"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_shop_send_posts_to_it_and_sigterm_stops_it() {
+    guests_dir();
+    // From the workspace root, as the shop's README says.
+    let up = Up::start(&workspace(), &["examples/shop"]).await;
+
+    let out = up
+        .send(&[
+            "--type",
+            STOCK_ADDED,
+            "--source",
+            "/cli",
+            "--partition-key",
+            "sku-cli",
+            "--data",
+            r#"{"sku": "sku-cli", "quantity": 5}"#,
+        ])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = up
+        .send(&[
+            "--type",
+            PLACE,
+            "--source",
+            "/cli",
+            "--subject",
+            "o-cli",
+            "--data",
+            r#"{"order_id": "o-cli", "sku": "sku-cli", "quantity": 2, "amount": 25.0}"#,
+        ])
+        .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|line| line.contains("202")),
+        "evhost send prints the status first:\n{stdout}"
+    );
+
+    // The order goes all the way through the shop.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shipped = up.events(&[("type", SHIPPED)]).await;
+        if let Some(shipment) = shipped.first() {
+            assert_eq!(shipment["subject"], "o-cli", "{shipment}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shipment for o-cli; the log: {:?}\n{}",
+            up.events(&[("limit", "1000")]).await,
+            up.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Data that is not JSON never leaves the command line.
+    let before = up.events(&[("limit", "1000")]).await.len();
+    let out = up
+        .send(&[
+            "--type",
+            PLACE,
+            "--source",
+            "/cli-bad",
+            "--data",
+            r#"{"order_id": "o-bad", "#,
+        ])
+        .await;
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--data is not valid JSON"), "{stderr}");
+
+    // An event the host refuses: the command fails and shows the host's problem.
+    let out = up
+        .send(&["--type", PLACE, "--source", "not a uri", "--data", "{}"])
+        .await;
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("400"), "{stdout}");
+    assert!(stdout.contains(r#""attribute":"source""#), "{stdout}");
+    assert!(text(&out.stderr).contains("400"), "{}", text(&out.stderr));
+    assert!(
+        up.events(&[("source", "/cli-bad")]).await.is_empty(),
+        "a refused event reached the log"
+    );
+    let placed_or_bad = up.events(&[("limit", "1000")]).await;
+    assert!(
+        placed_or_bad.iter().all(|e| e["source"] != "not a uri"),
+        "{placed_or_bad:?}"
+    );
+    assert!(placed_or_bad.len() >= before);
+
+    let status = up.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "evhost exits 0 on SIGTERM, got {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_resolves_module_paths_against_the_manifest_folder() {
+    guests_dir();
+    let shop = workspace().join("examples/shop");
+    // `evhost up` with no argument, inside the app folder.
+    let up = Up::start(&shop, &[]).await;
+    let status = up.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+
+    // The manifest file itself, from an unrelated folder.
+    let elsewhere = tempfile::tempdir().expect("a temporary directory");
+    let manifest = shop.join("evhost.toml");
+    let manifest = manifest.to_str().expect("a UTF-8 path");
+    let up = Up::start(elsewhere.path(), &[manifest]).await;
+    let status = up.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+}

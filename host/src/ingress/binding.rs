@@ -189,15 +189,45 @@ fn decode_binary(headers: &HeaderMap, body: &[u8]) -> Result<Event, IngressError
     build_event(attributes, data)
 }
 
-/// A `ce-*` header's value (HTTP binding, section 3.1.3.2): without one pair of surrounding
-/// double quotes, percent-decoded exactly once, UTF-8.
+/// A `ce-*` header's value (HTTP binding, section 3.1.3.2): a quoted-string (RFC 9110
+/// section 5.6.4) is unquoted and its backslash escapes undone, then the value is
+/// percent-decoded exactly once and must be UTF-8.
 fn header_value(attribute: &str, value: &HeaderValue) -> Result<String, IngressError> {
-    let mut bytes = value.as_bytes();
-    if let [b'"', inner @ .., b'"'] = bytes {
-        bytes = inner;
-    }
-    String::from_utf8(percent_decode(bytes).collect())
+    let bytes = value.as_bytes();
+    let unquoted = match bytes {
+        [b'"', inner @ .., b'"'] if bytes.len() >= 2 => unescape_quoted(attribute, inner)?,
+        _ => bytes.to_vec(),
+    };
+    String::from_utf8(percent_decode(&unquoted).collect())
         .map_err(|_| invalid(attribute, "is not UTF-8 once percent-decoded"))
+}
+
+/// The inside of a quoted-string, with each `\X` turned into `X`. An unescaped `"` or a
+/// lone trailing backslash means the value was not a quoted-string.
+fn unescape_quoted(attribute: &str, inner: &[u8]) -> Result<Vec<u8>, IngressError> {
+    let mut out = Vec::with_capacity(inner.len());
+    let mut bytes = inner.iter();
+    while let Some(&byte) = bytes.next() {
+        match byte {
+            b'\\' => match bytes.next() {
+                Some(&escaped) => out.push(escaped),
+                None => {
+                    return Err(invalid(
+                        attribute,
+                        "ends its quoted-string with a lone `\\`",
+                    ));
+                }
+            },
+            b'"' => {
+                return Err(invalid(
+                    attribute,
+                    "has an unescaped `\"` inside its quotes",
+                ));
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
 }
 
 // Structured and batched modes, JSON event format.
@@ -740,12 +770,15 @@ mod tests {
                 expect: Ok(Mode::Binary, |e| {
                     assert_eq!(one(e).extension("partitionkey"), Some("sku-1"));
                 }) },
-            Case { name: "surrounding quotes are stripped, one pair only",
-                headers: with(&[("ce-subject", "\"o-1\""), ("ce-note", "\"\"x\"\"")]), body: b"",
+            Case { name: "a quoted-string is unquoted and unescaped",
+                headers: with(&[("ce-subject", "\"o-1\""), ("ce-note", "\"say \\\"hi\\\" \\\\ x\"")]), body: b"",
                 expect: Ok(Mode::Binary, |e| {
                     assert_eq!(one(e).subject.as_deref(), Some("o-1"));
-                    assert_eq!(one(e).extension("note"), Some("\"x\""));
+                    assert_eq!(one(e).extension("note"), Some("say \"hi\" \\ x"));
                 }) },
+            Case { name: "a broken quoted-string is refused",
+                headers: with(&[("ce-note", "\"\"x\"\"")]), body: b"",
+                expect: Err(400, Some("note")) },
             Case { name: "percent-decoded exactly once",
                 headers: with(&[("ce-subject", "100%2525%20caf%C3%A9"), ("ce-quoted", "\"a%22b\"")]), body: b"",
                 expect: Ok(Mode::Binary, |e| {

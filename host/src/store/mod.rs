@@ -248,45 +248,48 @@ impl Store {
     /// Append events (one request's worth: all or nothing) and their deliveries; returns once
     /// durable.
     pub async fn append(&self, events: Vec<Routed>) -> Result<Vec<Appended>> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(writer::Op::Append { events, reply })?;
-        rx.await.context("the store writer stopped")?
+        self.write(move |tx, now| {
+            events
+                .iter()
+                .map(|routed| schema::append(tx, routed, None, now))
+                .collect()
+        })
+        .await
     }
 
     /// Commit an invocation's effects and mark its delivery done; returns once durable.
     pub async fn commit(&self, commit: Commit) -> Result<Committed> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(writer::Op::Commit { commit, reply })?;
-        rx.await.context("the store writer stopped")?
+        self.write(move |tx, now| schema::commit(tx, &commit, now))
+            .await
     }
 
     /// Record a failed attempt: schedule the retry, or dead-letter the delivery.
     pub async fn fail(&self, failure: Failure) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(writer::Op::Fail { failure, reply })?;
-        rx.await.context("the store writer stopped")?
+        self.write(move |tx, now| schema::fail(tx, &failure, now))
+            .await
     }
 
     /// Put dead deliveries back to pending, with a fresh attempt count. Returns the handler
     /// of each redriven delivery (empty: nothing was dead).
     pub async fn redrive(&self, target: RedriveTarget) -> Result<Vec<String>> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(writer::Op::Redrive { target, reply })?;
-        rx.await.context("the store writer stopped")?
+        self.write(move |tx, now| schema::redrive(tx, &target, now))
+            .await
     }
 
     /// Give up on a dead delivery; `false` when `id` is not a dead delivery.
     pub async fn discard(&self, id: i64) -> Result<bool> {
+        self.write(move |tx, now| schema::discard(tx, id, now))
+            .await
+    }
+
+    /// Run `apply` in the writer's next group commit; returns once it is durable.
+    async fn write<T, F>(&self, apply: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        self.inner.writer.send(writer::Op::Discard { id, reply })?;
+        self.inner.writer.send(writer::job(reply, apply))?;
         rx.await.context("the store writer stopped")?
     }
 

@@ -17,33 +17,58 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::schema;
-use super::{Appended, Commit, Committed, Failure, RedriveTarget, Routed};
 use crate::metrics::StoreMetrics;
 
 /// Requests applied in one transaction at most; bounds the latency one commit adds.
 const MAX_GROUP: usize = 512;
 
-pub(super) enum Op {
-    Append {
-        events: Vec<Routed>,
-        reply: oneshot::Sender<Result<Vec<Appended>>>,
-    },
-    Commit {
-        commit: Commit,
-        reply: oneshot::Sender<Result<Committed>>,
-    },
-    Fail {
-        failure: Failure,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Redrive {
-        target: RedriveTarget,
-        reply: oneshot::Sender<Result<Vec<String>>>,
-    },
-    Discard {
-        id: i64,
-        reply: oneshot::Sender<Result<bool>>,
-    },
+/// One write request: applied to the group's transaction (inside its own savepoint) at the
+/// group's time, it returns the answer to send once the group's commit is durable.
+pub(super) type Job = Box<dyn FnOnce(&mut Transaction<'_>, i64) -> Box<dyn Answer> + Send>;
+
+/// A request's result, held until the group's commit decides whether it stands.
+pub(super) trait Answer: Send {
+    /// The commit succeeded: send the result.
+    fn send(self: Box<Self>);
+    /// The commit failed: nothing of this request is durable.
+    fn send_error(self: Box<Self>, error: &anyhow::Error);
+}
+
+struct Reply<T> {
+    to: oneshot::Sender<Result<T>>,
+    result: Result<T>,
+}
+
+impl<T: Send> Answer for Reply<T> {
+    fn send(self: Box<Self>) {
+        // A requester that gave up (its HTTP client left) is no reason to stop.
+        drop(self.to.send(self.result));
+    }
+
+    fn send_error(self: Box<Self>, error: &anyhow::Error) {
+        drop(
+            self.to
+                .send(Err(anyhow!("the store failed to commit: {error:#}"))),
+        );
+    }
+}
+
+/// Wrap `apply` as a [`Job`] whose result goes to `to`. `apply` runs in a savepoint of its
+/// own, so that its failure rolls back only itself, not the rest of the group.
+pub(super) fn job<T, F>(to: oneshot::Sender<Result<T>>, apply: F) -> Job
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+{
+    Box::new(move |tx, now| {
+        let result = (|| {
+            let savepoint = tx.savepoint()?;
+            let result = apply(&savepoint, now)?;
+            savepoint.commit()?;
+            Ok(result)
+        })();
+        Box::new(Reply { to, result })
+    })
 }
 
 /// Group-commit figures: how many transactions, how many requests they carried, and the time
@@ -63,7 +88,7 @@ struct Counters {
 }
 
 pub(super) struct Writer {
-    queue: mpsc::Sender<Op>,
+    queue: mpsc::Sender<Job>,
     counters: Arc<Counters>,
 }
 
@@ -79,9 +104,9 @@ impl Writer {
         Ok(Writer { queue, counters })
     }
 
-    pub(super) fn send(&self, op: Op) -> Result<()> {
+    pub(super) fn send(&self, job: Job) -> Result<()> {
         self.queue
-            .send(op)
+            .send(job)
             .map_err(|_| anyhow!("the store writer stopped"))
     }
 
@@ -94,46 +119,9 @@ impl Writer {
     }
 }
 
-/// A request's result, held until the group's commit decides whether it stands.
-enum Done {
-    Append(
-        oneshot::Sender<Result<Vec<Appended>>>,
-        Result<Vec<Appended>>,
-    ),
-    Commit(oneshot::Sender<Result<Committed>>, Result<Committed>),
-    Fail(oneshot::Sender<Result<()>>, Result<()>),
-    Redrive(oneshot::Sender<Result<Vec<String>>>, Result<Vec<String>>),
-    Discard(oneshot::Sender<Result<bool>>, Result<bool>),
-}
-
-impl Done {
-    fn answer(self) {
-        // A requester that gave up (its HTTP client left) is no reason to stop.
-        match self {
-            Done::Append(reply, result) => drop(reply.send(result)),
-            Done::Commit(reply, result) => drop(reply.send(result)),
-            Done::Fail(reply, result) => drop(reply.send(result)),
-            Done::Redrive(reply, result) => drop(reply.send(result)),
-            Done::Discard(reply, result) => drop(reply.send(result)),
-        }
-    }
-
-    /// The group's commit failed: nothing of this request is durable.
-    fn answer_error(self, error: &anyhow::Error) {
-        let err = || anyhow!("the store failed to commit: {error:#}");
-        match self {
-            Done::Append(reply, _) => drop(reply.send(Err(err()))),
-            Done::Commit(reply, _) => drop(reply.send(Err(err()))),
-            Done::Fail(reply, _) => drop(reply.send(Err(err()))),
-            Done::Redrive(reply, _) => drop(reply.send(Err(err()))),
-            Done::Discard(reply, _) => drop(reply.send(Err(err()))),
-        }
-    }
-}
-
 fn run(
     mut conn: Connection,
-    requests: mpsc::Receiver<Op>,
+    requests: mpsc::Receiver<Job>,
     counters: &Counters,
     metrics: &StoreMetrics,
 ) {
@@ -158,80 +146,33 @@ fn run(
         metrics.commit_seconds.observe(elapsed.as_secs_f64());
         metrics.commit_batch.observe(size as f64);
         match outcome {
-            Ok(done) => done.into_iter().for_each(Done::answer),
-            Err((error, done)) => {
+            Ok(answers) => answers.into_iter().for_each(|a| a.send()),
+            Err((error, answers)) => {
                 tracing::error!(error = format!("{error:#}"), "store commit failed");
-                done.into_iter().for_each(|d| d.answer_error(&error));
+                answers.into_iter().for_each(|a| a.send_error(&error));
             }
         }
     }
 }
 
-type GroupError = (anyhow::Error, Vec<Done>);
+type GroupError = (anyhow::Error, Vec<Box<dyn Answer>>);
 
-fn apply_group(conn: &mut Connection, group: Vec<Op>) -> Result<Vec<Done>, GroupError> {
+fn apply_group(conn: &mut Connection, group: Vec<Job>) -> Result<Vec<Box<dyn Answer>>, GroupError> {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
+        // The jobs are dropped unapplied: their requesters see the writer's answer vanish,
+        // and the cause is logged by the caller.
         Err(err) => {
-            let done = group.into_iter().map(not_applied).collect();
-            return Err((anyhow::Error::from(err).context("failed to begin"), done));
+            return Err((
+                anyhow::Error::from(err).context("failed to begin"),
+                Vec::new(),
+            ));
         }
     };
     let now = schema::tx_now();
-    let done: Vec<Done> = group
-        .into_iter()
-        .map(|op| apply_one(&mut tx, op, now))
-        .collect();
+    let answers: Vec<Box<dyn Answer>> = group.into_iter().map(|job| job(&mut tx, now)).collect();
     match tx.commit() {
-        Ok(()) => Ok(done),
-        Err(err) => Err((err.into(), done)),
-    }
-}
-
-/// Apply one request inside its own savepoint, so that its failure rolls back only itself.
-fn apply_one(tx: &mut Transaction<'_>, op: Op, now: i64) -> Done {
-    fn within<T>(tx: &mut Transaction<'_>, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let sp = tx.savepoint()?;
-        let result = f(&sp)?;
-        sp.commit()?;
-        Ok(result)
-    }
-    match op {
-        Op::Append { events, reply } => {
-            let result = within(tx, |sp| {
-                events
-                    .iter()
-                    .map(|routed| schema::append(sp, routed, None, now))
-                    .collect()
-            });
-            Done::Append(reply, result)
-        }
-        Op::Commit { commit, reply } => {
-            let result = within(tx, |sp| schema::commit(sp, &commit, now));
-            Done::Commit(reply, result)
-        }
-        Op::Fail { failure, reply } => {
-            let result = within(tx, |sp| schema::fail(sp, &failure, now));
-            Done::Fail(reply, result)
-        }
-        Op::Redrive { target, reply } => {
-            let result = within(tx, |sp| schema::redrive(sp, &target, now));
-            Done::Redrive(reply, result)
-        }
-        Op::Discard { id, reply } => {
-            let result = within(tx, |sp| schema::discard(sp, id, now));
-            Done::Discard(reply, result)
-        }
-    }
-}
-
-/// A request the group never got to apply; its result is replaced by the group's error.
-fn not_applied(op: Op) -> Done {
-    match op {
-        Op::Append { reply, .. } => Done::Append(reply, Err(anyhow!("not applied"))),
-        Op::Commit { reply, .. } => Done::Commit(reply, Err(anyhow!("not applied"))),
-        Op::Fail { reply, .. } => Done::Fail(reply, Err(anyhow!("not applied"))),
-        Op::Redrive { reply, .. } => Done::Redrive(reply, Err(anyhow!("not applied"))),
-        Op::Discard { reply, .. } => Done::Discard(reply, Err(anyhow!("not applied"))),
+        Ok(()) => Ok(answers),
+        Err(err) => Err((err.into(), answers)),
     }
 }
