@@ -1,7 +1,9 @@
 //! The admin API: the event log, handler state, deployed handlers, dead letters.
 //!
-//! Everything here reads, except the dead-letter operations: a redrive puts a dead delivery
-//! back to pending through the store and wakes the handler's worker, a delete discards it.
+//! Reads go to the store and the scheduler. Changes go through their owners: deploys,
+//! rollbacks and removals through the [`Deployer`](crate::deploy::Deployer); a dead-letter
+//! redrive puts the delivery back to pending through the store and wakes the handler's
+//! worker, a delete discards it. When a token is configured, every route here requires it.
 
 use std::sync::Arc;
 
@@ -12,8 +14,14 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use axum::extract::Multipart;
+use subtle::ConstantTimeEq;
+
 use crate::AppState;
+use crate::config::HandlerSettings;
+use crate::deploy::DeployError;
 use crate::ingress::problem::Problem;
+use crate::scheduler::HandlerSlot;
 use crate::store::{DeadLetter, DeadLetterQuery, EventQuery, LoggedEvent, RedriveTarget};
 
 /// Events one `GET /admin/events` returns when `limit` is not given.
@@ -285,32 +293,217 @@ pub(crate) async fn state(
     }
 }
 
-/// `GET /admin/handlers`: what is deployed, with its policy and live counters.
+/// `GET /admin/handlers`: what is deployed, with its version, policy and live counters.
 pub(crate) async fn handlers(State(app): State<Arc<AppState>>) -> Response {
     let handlers: Vec<Value> = app
         .scheduler
         .handler_names()
         .iter()
         .filter_map(|name| app.scheduler.handler(name))
-        .map(|slot| {
-            let deployed = slot.deployed();
-            let s = &deployed.settings;
-            json!({
-                "name": deployed.name,
-                "subscribe": s.subscribe,
-                "concurrency": s.concurrency,
-                "ordering": s.ordering.as_str(),
-                "key": s.key.as_str(),
-                "max_pending": s.max_pending,
-                "timeout_ms": s.timeout.as_millis() as u64,
-                "memory_mb": s.memory_mb,
-                "max_attempts": s.max_attempts,
-                "pending": slot.pending(),
-                "in_flight": slot.in_flight(),
-            })
-        })
+        .map(|slot| handler_json(&slot))
         .collect();
     Json(json!({"handlers": handlers})).into_response()
+}
+
+fn handler_json(slot: &HandlerSlot) -> Value {
+    let deployed = slot.deployed();
+    let s = &deployed.settings;
+    json!({
+        "name": deployed.name,
+        "version": deployed.version,
+        "module_sha256": deployed.module_sha256,
+        "deployed_at": rfc3339(deployed.deployed_at_ms),
+        "subscribe": s.subscribe,
+        "concurrency": s.concurrency,
+        "ordering": s.ordering.as_str(),
+        "key": s.key.as_str(),
+        "max_pending": s.max_pending,
+        "timeout_ms": s.timeout.as_millis() as u64,
+        "memory_mb": s.memory_mb,
+        "max_attempts": s.max_attempts,
+        "rate": s.rate.map(|r| r.to_string()),
+        "pending": slot.pending(),
+        "in_flight": slot.in_flight(),
+    })
+}
+
+/// The largest module a deploy accepts: interpreted languages ship their runtime inside
+/// the component (a Python handler is tens of MB).
+pub const MAX_MODULE_BYTES: usize = 256 << 20;
+
+/// `GET /admin/handlers/{name}`: one handler, with every stored version.
+pub(crate) async fn handler(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(slot) = app.scheduler.handler(&name) else {
+        return Problem::not_found(format!("no handler `{name}` is deployed")).into_response();
+    };
+    let mut body = handler_json(&slot);
+    match app.scheduler.store().versions(&name).await {
+        Ok((versions, _)) => {
+            body["versions"] = versions
+                .iter()
+                .map(|v| {
+                    json!({
+                        "version": v.version,
+                        "module_sha256": v.module_sha256,
+                        "deployed_at": rfc3339(v.deployed_at_ms),
+                    })
+                })
+                .collect();
+            Json(body).into_response()
+        }
+        Err(err) => internal("failed to read handler versions", &err),
+    }
+}
+
+/// `PUT /admin/handlers/{name}`, multipart: `module` (the component) and `config` (the
+/// handler's settings, TOML as in `evhost.toml`). 201 for a new handler, 200 for a new
+/// version (or the same one, `unchanged`), 400 naming what is wrong with the module or
+/// the settings (the live version stays).
+pub(crate) async fn deploy(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    let mut multipart = match multipart {
+        Ok(multipart) => multipart,
+        Err(rejection) => {
+            return bad_request(format!(
+                "expected multipart/form-data: {}",
+                rejection.body_text()
+            ));
+        }
+    };
+    let (mut module, mut config) = (None, None);
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(err) => return bad_request(format!("unreadable multipart body: {err}")),
+        };
+        let part = field.name().unwrap_or_default().to_owned();
+        let bytes = match field.bytes().await {
+            Ok(bytes) => bytes,
+            Err(err) => return bad_request(format!("unreadable part `{part}`: {err}")),
+        };
+        match part.as_str() {
+            "module" => module = Some(bytes.to_vec()),
+            "config" => config = Some(bytes),
+            other => {
+                return bad_request(format!(
+                    "unknown part `{other}` (expected `module` and `config`)"
+                ));
+            }
+        }
+    }
+    let Some(module) = module else {
+        return bad_request("the `module` part (the component's bytes) is missing".to_owned());
+    };
+    let settings = match config {
+        None => None,
+        Some(text) => {
+            let Ok(text) = std::str::from_utf8(&text) else {
+                return bad_request("the `config` part is not UTF-8".to_owned());
+            };
+            match HandlerSettings::parse_toml(text, &format!("config of `{name}`")) {
+                Ok(settings) => Some(settings),
+                Err(err) => return bad_request(err.to_string()),
+            }
+        }
+    };
+    match app.deployer.deploy(&name, module, settings).await {
+        Ok(deployed) => {
+            let status = if deployed.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let info = &deployed.info;
+            let body = json!({
+                "name": info.handler,
+                "version": info.version,
+                "module_sha256": info.module_sha256,
+                "deployed_at": rfc3339(info.deployed_at_ms),
+                "unchanged": deployed.unchanged,
+            });
+            (status, Json(body)).into_response()
+        }
+        Err(err) => deploy_error(err),
+    }
+}
+
+/// `POST /admin/handlers/{name}/rollback`: the version before the live one goes live.
+pub(crate) async fn rollback(
+    State(app): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Response {
+    match app.deployer.rollback(&name).await {
+        Ok(info) => Json(json!({
+            "name": info.handler,
+            "version": info.version,
+            "module_sha256": info.module_sha256,
+        }))
+        .into_response(),
+        Err(err) => deploy_error(err),
+    }
+}
+
+/// `DELETE /admin/handlers/{name}`: stop routing to it; its pending deliveries become dead
+/// letters (`handler removed`), so that a redeploy and a redrive recover them.
+pub(crate) async fn remove(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    match app.deployer.remove(&name).await {
+        Ok(dead) => Json(json!({"removed": name, "dead_lettered": dead})).into_response(),
+        Err(err) => deploy_error(err),
+    }
+}
+
+fn deploy_error(err: DeployError) -> Response {
+    match err {
+        DeployError::Invalid(why) => bad_request(why),
+        DeployError::NotFound(_) => Problem::not_found(err.to_string()).into_response(),
+        DeployError::NoEarlierVersion(_) => Problem::new(StatusCode::CONFLICT)
+            .with_detail(err.to_string())
+            .into_response(),
+        DeployError::Internal(err) => internal("a deployment change failed", &err),
+    }
+}
+
+fn bad_request(detail: String) -> Response {
+    Problem::new(StatusCode::BAD_REQUEST)
+        .with_detail(detail)
+        .into_response()
+}
+
+/// Every `/admin/*` request needs `Authorization: Bearer <token>` when a token is set. The
+/// comparison takes the same time whatever the guess, so it leaks nothing about the token.
+pub(crate) async fn require_token(
+    State(app): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(expected) = &app.admin_token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
+    if matches {
+        next.run(request).await
+    } else {
+        Problem::new(StatusCode::UNAUTHORIZED)
+            .with_detail("the admin API needs `Authorization: Bearer <token>`")
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            )
+            .into_response()
+    }
 }
 
 /// `GET /metrics`: Prometheus text format. Live gauges are read now, so they never drift.
@@ -342,6 +535,15 @@ pub(crate) async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         }
         Err(err) => return internal("failed to count dead letters", &err),
     }
+    let cache = scheduler.runtime().cache_stats();
+    metrics
+        .compile_cache
+        .with_label_values(&["hit"])
+        .set(cache.hits as i64);
+    metrics
+        .compile_cache
+        .with_label_values(&["miss"])
+        .set(cache.misses as i64);
     match metrics.render() {
         Ok(text) => (
             [(

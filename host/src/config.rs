@@ -878,6 +878,11 @@ fn non_empty_string(value: &Value) -> Result<&str, String> {
     }
 }
 
+/// Whether `name` is a valid app or handler name; the message says why not.
+pub fn check_name(name: &str) -> Result<(), String> {
+    self::name(&Value::String(name.to_owned())).map(|_| ())
+}
+
 /// App and handler names.
 fn name(value: &Value) -> Result<&str, String> {
     let name = non_empty_string(value)?;

@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod capabilities;
 pub mod config;
+pub mod deploy;
 pub mod event;
 pub mod ingress;
 pub mod metrics;
@@ -66,6 +67,11 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
     /// How long in-flight invocations may run on after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// When set, `/admin/*` requires `Authorization: Bearer <token>`. Without it the host
+    /// refuses to listen on anything but a loopback address.
+    pub admin_token: Option<String>,
+    /// Redeploy a manifest handler when its module file changes.
+    pub watch: bool,
 }
 
 impl Options {
@@ -77,6 +83,8 @@ impl Options {
             body_limit: ingress::DEFAULT_BODY_LIMIT,
             cache_dir: None,
             shutdown_grace: Duration::from_secs(10),
+            admin_token: None,
+            watch: false,
         }
     }
 }
@@ -84,15 +92,24 @@ impl Options {
 /// What every HTTP handler shares.
 pub struct AppState {
     pub scheduler: Arc<Scheduler>,
+    pub deployer: Arc<deploy::Deployer>,
     pub body_limit: usize,
+    admin_token: Option<String>,
     shutting_down: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(scheduler: Arc<Scheduler>, body_limit: usize) -> AppState {
+    pub fn new(
+        scheduler: Arc<Scheduler>,
+        deployer: Arc<deploy::Deployer>,
+        body_limit: usize,
+        admin_token: Option<String>,
+    ) -> AppState {
         AppState {
             scheduler,
+            deployer,
             body_limit,
+            admin_token,
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -107,15 +124,19 @@ pub fn router(state: Arc<AppState>) -> Router {
     let ingress = post(ingress::post)
         .options(ingress::options)
         .fallback(ingress::method_not_allowed);
-    Router::new()
-        .route("/", ingress.clone())
-        .route("/events", ingress)
-        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
-        .route("/metrics", get(admin::metrics))
+    let admin = Router::new()
         .route("/admin/events", get(admin::events))
         .route("/admin/handlers", get(admin::handlers))
+        .route(
+            "/admin/handlers/{name}",
+            get(admin::handler)
+                .put(admin::deploy)
+                .delete(admin::remove)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    admin::MAX_MODULE_BYTES,
+                )),
+        )
+        .route("/admin/handlers/{name}/rollback", post(admin::rollback))
         .route("/admin/state/{handler}/{*key}", get(admin::state))
         .route("/admin/deadletters", get(admin::dead_letters))
         .route("/admin/deadletters/redrive", post(admin::redrive_all))
@@ -124,6 +145,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(admin::dead_letter).delete(admin::discard),
         )
         .route("/admin/deadletters/{id}/redrive", post(admin::redrive))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
+    Router::new()
+        .route("/", ingress.clone())
+        .route("/events", ingress)
+        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(admin::metrics))
+        .merge(admin)
         .fallback(|| async { Problem::not_found("no such resource") })
         .with_state(state)
 }
@@ -145,7 +178,13 @@ pub async fn run(
     }
     let data_dir = std::path::absolute(&options.data_dir)
         .with_context(|| format!("bad data directory {:?}", options.data_dir))?;
-    let store = Store::open(&data_dir, options.durability)?;
+    let addr = listener.local_addr()?;
+    if options.admin_token.is_none() && !addr.ip().is_loopback() {
+        bail!(
+            "refusing to serve the admin API on {addr} without a token: set --admin-token \
+             (or EVHOST_ADMIN_TOKEN), or listen on a loopback address"
+        );
+    }
     let cache_dir = match &options.cache_dir {
         Some(dir) => std::path::absolute(dir)?,
         None => data_dir.join("compiled"),
@@ -153,17 +192,37 @@ pub async fn run(
     let runtime = Arc::new(Runtime::new(&RuntimeOptions {
         cache_dir: Some(cache_dir),
     })?);
-    let handlers = match &options.manifest {
+    // The manifest's modules are compiled before the store is touched: a broken module
+    // fails the start with nothing changed.
+    let compiled = match &options.manifest {
         Some(manifest) => load_handlers(&runtime, manifest).await?,
         None => Vec::new(),
     };
+    let store = Store::open(&data_dir, options.durability)?;
+    let proposed_app = options
+        .manifest
+        .as_ref()
+        .map_or("evhost", |m| m.app.name.as_str());
+    let app_name = store.app_name(proposed_app).await?;
     let metrics = Arc::new(metrics::Metrics::new(store.metric_collectors())?);
     let scheduler = Scheduler::new(store, runtime, metrics)?;
-    scheduler.start(handlers).await?;
+    let deployer = Arc::new(deploy::Deployer::new(scheduler.clone(), app_name));
+    deployer
+        .restore(options.manifest.as_ref(), compiled)
+        .await?;
+    if options.watch
+        && let Some(manifest) = &options.manifest
+    {
+        deploy::watch(deployer.clone(), manifest.clone());
+    }
 
-    let state = Arc::new(AppState::new(scheduler.clone(), options.body_limit));
+    let state = Arc::new(AppState::new(
+        scheduler.clone(),
+        deployer,
+        options.body_limit,
+        options.admin_token.clone(),
+    ));
     let app = router(state.clone());
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, store = ?scheduler.store().path(), "evhost is serving");
 
     let shutdown_state = state.clone();
@@ -189,6 +248,7 @@ async fn load_handlers(
     let mut tasks = Vec::new();
     for spec in manifest.handlers.clone() {
         let runtime = runtime.clone();
+        // The real source is set once the store has told the app's name.
         let source = format!("/{}/{}", manifest.app.name, spec.name);
         tasks.push(tokio::task::spawn_blocking(move || {
             runtime.load(&spec.name, &spec.module, spec.settings, source)

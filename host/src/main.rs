@@ -61,6 +61,37 @@ enum Command {
         /// Seconds in-flight invocations may run on after a shutdown signal.
         #[arg(long, default_value_t = 10)]
         grace_secs: u64,
+        /// Require `Authorization: Bearer TOKEN` on /admin/* (needed to listen beyond
+        /// loopback).
+        #[arg(long, env = "EVHOST_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Redeploy a handler whenever its module file changes (rebuild it elsewhere).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Deploy a new version of a handler to a running host.
+    Deploy {
+        name: String,
+        /// The handler's component (.wasm).
+        module: PathBuf,
+        /// The handler's settings as TOML (the keys of a `[[handler]]` table, without name,
+        /// module and build); without it, a new version keeps the live settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// Put the version before the live one back.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// Remove a handler; what was pending for it becomes dead letters.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        host: HostArg,
     },
     /// Post one event to a running host (structured mode).
     Send {
@@ -122,6 +153,9 @@ struct HostArg {
         env = "EVHOST_HOST"
     )]
     url: String,
+    /// The admin token, when the host requires one.
+    #[arg(long = "token", env = "EVHOST_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl HostArg {
@@ -150,16 +184,20 @@ fn main() -> ExitCode {
                 body_limit,
                 no_fsync,
                 grace_secs,
+                admin_token,
+                watch,
             } => {
-                let durability = if no_fsync {
+                let mut options = evhost::Options::new(data);
+                options.durability = if no_fsync {
                     Durability::Off
                 } else {
                     Durability::Full
                 };
-                up(
-                    &app, build, &listen, data, body_limit, durability, grace_secs,
-                )
-                .await
+                options.body_limit = body_limit;
+                options.shutdown_grace = Duration::from_secs(grace_secs);
+                options.admin_token = admin_token;
+                options.watch = watch;
+                up(&app, build, &listen, options).await
             }
             Command::Send {
                 ty,
@@ -173,6 +211,27 @@ fn main() -> ExitCode {
             Command::Handlers { host } => handlers(&host).await,
             Command::Deadletters { handler, ty, host } => dead_letters(handler, ty, &host).await,
             Command::Redrive { id, handler, host } => redrive(id, handler, &host).await,
+            Command::Deploy {
+                name,
+                module,
+                config,
+                host,
+            } => deploy(&name, &module, config.as_deref(), &host).await,
+            Command::Rollback { name, host } => {
+                let url = host.url(&format!("/admin/handlers/{name}/rollback"));
+                let body = admin(&host, reqwest::Method::POST, url).await?;
+                println!("{name}: version {} is live", body["version"]);
+                Ok(())
+            }
+            Command::Remove { name, host } => {
+                let url = host.url(&format!("/admin/handlers/{name}"));
+                let body = admin(&host, reqwest::Method::DELETE, url).await?;
+                println!(
+                    "{name}: removed; {} pending deliveries dead-lettered",
+                    body["dead_lettered"]
+                );
+                Ok(())
+            }
         }
     });
     match result {
@@ -196,15 +255,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn up(
-    app: &Path,
-    build: bool,
-    listen: &str,
-    data: PathBuf,
-    body_limit: usize,
-    durability: Durability,
-    grace_secs: u64,
-) -> Result<()> {
+async fn up(app: &Path, build: bool, listen: &str, mut options: evhost::Options) -> Result<()> {
     let manifest = Manifest::load(app).map_err(|err| anyhow::anyhow!("{err}"))?;
     if build {
         build_handlers(&manifest).await?;
@@ -212,11 +263,7 @@ async fn up(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
-    let mut options = evhost::Options::new(data);
     options.manifest = Some(manifest);
-    options.durability = durability;
-    options.body_limit = body_limit;
-    options.shutdown_grace = Duration::from_secs(grace_secs);
     evhost::run(listener, options, shutdown_signal()).await
 }
 
@@ -324,9 +371,20 @@ async fn send(
 }
 
 /// Call the admin API; a non-2xx answer is an error showing the problem's detail.
-async fn admin(method: reqwest::Method, url: String) -> Result<Value> {
-    let response = reqwest::Client::new()
-        .request(method, &url)
+async fn admin(host: &HostArg, method: reqwest::Method, url: String) -> Result<Value> {
+    let request = reqwest::Client::new().request(method, &url);
+    admin_send(host, request, &url).await
+}
+
+async fn admin_send(
+    host: &HostArg,
+    mut request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<Value> {
+    if let Some(token) = &host.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("failed to reach {url}"))?;
@@ -340,7 +398,7 @@ async fn admin(method: reqwest::Method, url: String) -> Result<Value> {
 }
 
 async fn handlers(host: &HostArg) -> Result<()> {
-    let body = admin(reqwest::Method::GET, host.url("/admin/handlers")).await?;
+    let body = admin(host, reqwest::Method::GET, host.url("/admin/handlers")).await?;
     println!(
         "{:<20} {:<10} {:>11} {:>8} {:>9}  SUBSCRIBES",
         "NAME", "ORDERING", "CONCURRENCY", "PENDING", "IN-FLIGHT"
@@ -378,7 +436,7 @@ async fn dead_letters(handler: Option<String>, ty: Option<String>, host: &HostAr
             query.append_pair("type", ty);
         }
     }
-    let body = admin(reqwest::Method::GET, url.to_string()).await?;
+    let body = admin(host, reqwest::Method::GET, url.to_string()).await?;
     let letters = body["deadletters"].as_array().cloned().unwrap_or_default();
     if letters.is_empty() {
         println!("no dead letters");
@@ -417,8 +475,36 @@ async fn redrive(id: Option<i64>, handler: Option<String>, host: &HostArg) -> Re
         }
         (None, None) => bail!("give a dead letter id or --handler"),
     };
-    let body = admin(reqwest::Method::POST, url).await?;
+    let body = admin(host, reqwest::Method::POST, url).await?;
     println!("redriven: {}", body["redriven"]);
+    Ok(())
+}
+
+async fn deploy(name: &str, module: &Path, config: Option<&Path>, host: &HostArg) -> Result<()> {
+    let bytes = tokio::fs::read(module)
+        .await
+        .with_context(|| format!("failed to read {module:?}"))?;
+    let mut form = reqwest::multipart::Form::new().part(
+        "module",
+        reqwest::multipart::Part::bytes(bytes).file_name("module.wasm"),
+    );
+    if let Some(config) = config {
+        let text = tokio::fs::read_to_string(config)
+            .await
+            .with_context(|| format!("failed to read {config:?}"))?;
+        form = form.text("config", text);
+    }
+    let url = host.url(&format!("/admin/handlers/{name}"));
+    let request = reqwest::Client::new().put(&url).multipart(form);
+    let body = admin_send(host, request, &url).await?;
+    if body["unchanged"] == true {
+        println!("{name}: unchanged, version {} stays live", body["version"]);
+    } else {
+        println!(
+            "{name}: version {} is live ({})",
+            body["version"], body["module_sha256"]
+        );
+    }
     Ok(())
 }
 

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub pending: IntGaugeVec,
     pub in_flight: IntGaugeVec,
     pub dead_letters: IntGaugeVec,
+    /// Module compiles answered from the on-disk cache (`hit`) or compiled (`miss`).
+    pub compile_cache: IntGaugeVec,
 }
 
 impl Metrics {
@@ -80,6 +82,13 @@ impl Metrics {
                 Opts::new("dead_letters", "Dead-lettered deliveries, by handler"),
                 &["handler"],
             )?,
+            compile_cache: IntGaugeVec::new(
+                Opts::new(
+                    "compile_cache_lookups",
+                    "Module compiles by compiled-cache result",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         let own: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -90,6 +99,7 @@ impl Metrics {
             Box::new(metrics.pending.clone()),
             Box::new(metrics.in_flight.clone()),
             Box::new(metrics.dead_letters.clone()),
+            Box::new(metrics.compile_cache.clone()),
         ];
         for collector in own.into_iter().chain(store_collectors) {
             metrics.registry.register(collector)?;

@@ -65,6 +65,10 @@ pub struct HandlerSlot {
     deployed: ArcSwap<DeployedHandler>,
     wake: Notify,
     permits: Arc<Semaphore>,
+    /// The permits the semaphore holds in all: the concurrency of the latest deployment.
+    concurrency: std::sync::atomic::AtomicU32,
+    /// Set when the handler is removed: its worker stops.
+    removed: std::sync::atomic::AtomicBool,
     /// Deliveries appended and not yet settled (done or dead).
     pending: AtomicU64,
     drain: std::sync::Mutex<DrainRate>,
@@ -98,8 +102,41 @@ impl HandlerSlot {
 
     /// Invocations running now.
     pub fn in_flight(&self) -> usize {
-        let concurrency = self.deployed.load().settings.concurrency as usize;
+        let concurrency = self.concurrency.load(AtomicOrdering::Relaxed) as usize;
         concurrency.saturating_sub(self.permits.available_permits())
+    }
+
+    fn new(deployed: DeployedHandler, pending: u64) -> HandlerSlot {
+        let concurrency = deployed.settings.concurrency;
+        HandlerSlot {
+            permits: Arc::new(Semaphore::new(concurrency as usize)),
+            concurrency: std::sync::atomic::AtomicU32::new(concurrency),
+            removed: std::sync::atomic::AtomicBool::new(false),
+            pending: AtomicU64::new(pending),
+            drain: std::sync::Mutex::new(DrainRate::new()),
+            wake: Notify::new(),
+            deployed: ArcSwap::from_pointee(deployed),
+        }
+    }
+
+    /// Make `deployed` the version every delivery not yet started runs on; invocations
+    /// already running keep their own `Arc` of the old version and finish on it.
+    fn swap(&self, deployed: DeployedHandler) {
+        let new = deployed.settings.concurrency;
+        let old = self.concurrency.swap(new, AtomicOrdering::Relaxed);
+        if new > old {
+            self.permits.add_permits((new - old) as usize);
+        } else if new < old {
+            // Take the surplus out as permits come back from running invocations.
+            let permits = self.permits.clone();
+            tokio::spawn(async move {
+                if let Ok(surplus) = permits.acquire_many(old - new).await {
+                    surplus.forget();
+                }
+            });
+        }
+        self.deployed.store(Arc::new(deployed));
+        self.wake.notify_one();
     }
 }
 
@@ -152,37 +189,63 @@ impl Scheduler {
         names
     }
 
-    /// Start scheduling `handlers` (at start-up): rebuild the routes, count what is already
-    /// pending in the store, and start one worker per handler.
+    /// Start scheduling `handlers` (at start-up): count what is already pending in the
+    /// store, and start one worker per handler.
     pub async fn start(self: &Arc<Self>, handlers: Vec<DeployedHandler>) -> Result<()> {
         let pending: HashMap<String, u64> =
             self.store.pending_counts().await?.into_iter().collect();
-        let mut routes = RouteTable::default();
-        let mut slots = HashMap::new();
         for deployed in handlers {
-            let settings = &deployed.settings;
-            routes.subscribe(
-                &deployed.name,
-                &settings.subscribe,
-                settings.ordering,
-                settings.key,
-            );
-            let slot = Arc::new(HandlerSlot {
-                permits: Arc::new(Semaphore::new(settings.concurrency as usize)),
-                pending: AtomicU64::new(pending.get(&deployed.name).copied().unwrap_or(0)),
-                drain: std::sync::Mutex::new(DrainRate::new()),
-                wake: Notify::new(),
-                deployed: ArcSwap::from_pointee(deployed),
-            });
-            slots.insert(slot.deployed.load().name.clone(), slot);
-        }
-        self.routes.store(Arc::new(routes));
-        self.handlers.store(Arc::new(slots.clone()));
-        for slot in slots.into_values() {
-            let scheduler = self.clone();
-            tokio::spawn(async move { scheduler.run_worker(slot).await });
+            let waiting = pending.get(&deployed.name).copied().unwrap_or(0);
+            self.add(deployed, waiting);
         }
         Ok(())
+    }
+
+    /// Deploy `deployed`: a new handler gets a worker; a new version of a running one is
+    /// swapped in (see [`HandlerSlot::swap`]). The routes change with it, atomically.
+    /// Callers serialise deploys and removals.
+    pub fn deploy(self: &Arc<Self>, deployed: DeployedHandler) {
+        match self.handler(&deployed.name) {
+            Some(slot) => {
+                slot.swap(deployed);
+                self.rebuild_routes();
+            }
+            None => self.add(deployed, 0),
+        }
+    }
+
+    /// Stop scheduling `name`: no new event routes to it and its worker stops. Invocations
+    /// running finish; what is still pending is the caller's to dead-letter.
+    pub fn remove(&self, name: &str) -> Option<Arc<HandlerSlot>> {
+        let mut slots = HashMap::clone(&self.handlers.load());
+        let slot = slots.remove(name)?;
+        self.handlers.store(Arc::new(slots));
+        self.rebuild_routes();
+        slot.removed.store(true, AtomicOrdering::Relaxed);
+        slot.wake.notify_one();
+        Some(slot)
+    }
+
+    fn add(self: &Arc<Self>, deployed: DeployedHandler, pending: u64) {
+        let name = deployed.name.clone();
+        let slot = Arc::new(HandlerSlot::new(deployed, pending));
+        let mut slots = HashMap::clone(&self.handlers.load());
+        slots.insert(name, slot.clone());
+        self.handlers.store(Arc::new(slots));
+        self.rebuild_routes();
+        let scheduler = self.clone();
+        tokio::spawn(async move { scheduler.run_worker(slot).await });
+    }
+
+    /// The routes, rebuilt from every handler's current subscriptions.
+    fn rebuild_routes(&self) {
+        let mut routes = RouteTable::default();
+        for slot in self.handlers.load().values() {
+            let deployed = slot.deployed.load();
+            let s = &deployed.settings;
+            routes.subscribe(&deployed.name, &s.subscribe, s.ordering, s.key);
+        }
+        self.routes.store(Arc::new(routes));
     }
 
     /// New deliveries were appended for these handlers: count them and wake their workers.
@@ -202,7 +265,7 @@ impl Scheduler {
         let slots = self.handlers.load_full();
         let drained = async {
             for slot in slots.values() {
-                let all = slot.deployed.load().settings.concurrency;
+                let all = slot.concurrency.load(AtomicOrdering::Relaxed);
                 // Every permit back means no invocation of this handler is running.
                 drop(slot.permits.acquire_many(all).await);
             }
@@ -219,10 +282,16 @@ impl Scheduler {
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
         let mut in_flight: HashMap<i64, Option<String>> = HashMap::new();
         let mut bucket = slot.deployed.load().settings.rate.map(TokenBucket::new);
+        let mut bucket_version = slot.deployed.load().version;
         let mut shutdown = self.shutdown.subscribe();
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || slot.removed.load(AtomicOrdering::Relaxed) {
                 return;
+            }
+            let version = slot.deployed.load().version;
+            if version != bucket_version {
+                bucket = slot.deployed.load().settings.rate.map(TokenBucket::new);
+                bucket_version = version;
             }
             let dispatched = self
                 .dispatch(&slot, &mut in_flight, bucket.as_mut(), &finished_tx)

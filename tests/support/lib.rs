@@ -26,6 +26,7 @@ pub const GUESTS: &[&str] = &[
     "notification",
     "misbehave",
     "recorder",
+    "alien",
 ];
 
 /// The workspace root.
@@ -131,12 +132,23 @@ impl TestHost {
 
     /// Start a host on an existing data directory (a restart).
     pub async fn start_on(manifest: Manifest, data: TempDir) -> Result<TestHost> {
+        Self::start_configured(manifest, data, |_| {}).await
+    }
+
+    /// Start a host on `data`, with `configure` adjusting its options (a token, a cache
+    /// folder of its own, `watch`).
+    pub async fn start_configured(
+        manifest: Manifest,
+        data: TempDir,
+        configure: impl FnOnce(&mut Options),
+    ) -> Result<TestHost> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let mut options = Options::new(data.path());
         options.manifest = Some(manifest.clone());
         options.cache_dir = Some(shared_cache_dir());
         options.shutdown_grace = Duration::from_secs(5);
+        configure(&mut options);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(evhost::run(listener, options, async move {
             drop(stopped.await);

@@ -69,12 +69,19 @@ const MAX_MEMORY_BYTES: usize = 4 << 30;
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
 /// One loaded version of a handler: compiled, linked and type-checked.
 pub struct DeployedHandler {
     pub name: String,
+    /// The deployed version's number (0 until the deployment records it).
+    pub version: u32,
+    /// The module's SHA-256, hex.
+    pub module_sha256: String,
+    /// When this version was deployed (unix ms; 0 until recorded).
+    pub deployed_at_ms: i64,
     pub settings: HandlerSettings,
     /// The source this module was made from (the event `source` of what it emits).
     pub source: String,
@@ -144,12 +151,24 @@ pub struct RuntimeOptions {
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
+/// Compiled-module cache figures since the runtime started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: usize,
+    pub misses: usize,
+}
+
 impl Runtime {
     pub fn new(options: &RuntimeOptions) -> Result<Runtime> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 2)
+            // Core instances are only counted, not reserved, so size them for the largest
+            // components: an instance of a Rust handler takes 3 (its code, the WIT shim and
+            // fixup), of a JavaScript one (ComponentizeJS) 4, of a Python one (componentize-py)
+            // 14 (libc, libpython, the WASI adapter, the componentize-py runtime...). At 2 per
+            // component the pool ran dry at 142 Python invocations in flight, measured.
+            .total_core_instances(MAX_INSTANCES * 16)
             .total_memories(MAX_INSTANCES * 2)
             .total_tables(MAX_INSTANCES * 2)
             .total_stacks(MAX_INSTANCES)
@@ -161,15 +180,21 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        if let Some(dir) = &options.cache_dir {
-            let mut cache = wasmtime::CacheConfig::new();
-            cache.with_directory(dir);
-            config.cache(Some(
-                wasmtime::Cache::new(cache)
-                    .map_err(anyhow::Error::from)
-                    .context("failed to set up the compiled-module cache")?,
-            ));
-        }
+        // Compiled code is cached on disk keyed by the module's hash and the engine's
+        // settings, so a restart loads large handlers instead of compiling them again.
+        let cache = match &options.cache_dir {
+            Some(dir) => {
+                let mut cache = wasmtime::CacheConfig::new();
+                cache.with_directory(dir);
+                Some(
+                    wasmtime::Cache::new(cache)
+                        .map_err(anyhow::Error::from)
+                        .context("failed to set up the compiled-module cache")?,
+                )
+            }
+            None => None,
+        };
+        config.cache(cache.clone());
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("failed to create the wasm engine")?;
@@ -189,8 +214,19 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker,
+            cache,
             ticker_stop,
         })
+    }
+
+    /// How often compiling found its result in the on-disk cache.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache
+            .as_ref()
+            .map_or(CacheStats::default(), |cache| CacheStats {
+                hits: cache.cache_hits(),
+                misses: cache.cache_misses(),
+            })
     }
 
     /// Compile `module` and check it against the `handler` world. Blocking (compilation):
@@ -238,6 +274,9 @@ impl Runtime {
             )?;
         Ok(DeployedHandler {
             name: name.to_owned(),
+            version: 0,
+            module_sha256: module_sha256(bytes),
+            deployed_at_ms: 0,
             config: Arc::new(settings.config.clone()),
             settings,
             source,
@@ -334,6 +373,12 @@ fn spawn_epoch_ticker(engine: &Engine, stop: Arc<AtomicBool>) -> Result<()> {
         })
         .context("failed to start the epoch ticker")?;
     Ok(())
+}
+
+/// The hex SHA-256 of a module: its identity in the store and in the API.
+pub fn module_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// A core module starts with the same magic as a component but a different version/layer.

@@ -20,6 +20,7 @@
 //! All writes go through one writer thread that group-commits: every request waiting when a
 //! transaction starts shares it and its one fsync (see [`writer`]).
 
+mod deployments;
 mod schema;
 mod writer;
 
@@ -32,6 +33,7 @@ use tokio::sync::oneshot;
 
 use crate::event::Event;
 
+pub use deployments::{StoredVersion, VersionInfo};
 pub use writer::WriteStats;
 
 /// How hard a commit tries to reach the disk.

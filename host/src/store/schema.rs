@@ -86,6 +86,8 @@ pub(super) fn prepare_writer(conn: &Connection, durability: Durability) -> Resul
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)
         .context("failed to create the schema")?;
+    conn.execute_batch(super::deployments::SCHEMA)
+        .context("failed to create the deployment schema")?;
     Ok(())
 }
 
