@@ -271,3 +271,49 @@ async fn the_history_links_each_delivery_to_the_events_it_caused() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_lets_running_invocations_commit() {
+    let host = TestHost::start(worker_app("recorder", "")).await;
+    let slow = event("slow-1", "test.work.v1", json!({"sleep_ms": 400}));
+    assert_eq!(host.post_structured(&slow).await.status(), 202);
+    host.eventually("the invocation is running", WAIT, || async {
+        let body: Value = host
+            .client
+            .get(host.url("/admin/handlers"))
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("JSON");
+        body["handlers"][0]["in_flight"] == 1
+    })
+    .await;
+    let (manifest, data) = host.stop().await;
+
+    // It finished and committed during the stop: after a restart nothing runs it again.
+    let host = TestHost::start_on(manifest, data).await.expect("restarts");
+    let delivery = &deliveries_of(&host, "slow-1").await[0];
+    assert_eq!(delivery["status"], "done", "{delivery}");
+    assert_eq!(delivery["attempts"], 1);
+    assert_eq!(host.state("worker", "count").await, Some(json!(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_is_carried_to_emitted_events() {
+    let host = TestHost::start(worker_app("recorder", "")).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut e = event(
+        "traced-1",
+        "test.work.v1",
+        json!({"emit": {"type": "test.effect.v1", "subject": "s"}}),
+    );
+    e["traceparent"] = json!(traceparent);
+    assert_eq!(host.post_structured(&e).await.status(), 202);
+    host.wait_idle(WAIT).await;
+    let effects = host.events_of_type("test.effect.v1").await;
+    assert_eq!(effects.len(), 1);
+    assert_eq!(effects[0]["traceparent"], traceparent);
+    assert_eq!(effects[0]["correlationid"], "traced-1");
+}
