@@ -305,12 +305,7 @@ async fn metrics_move_as_events_flow() {
     // Counters move right after the commit a reader can already see.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let response = host
-        .client
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .expect("answers");
+    let response = host.get("/metrics").await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.expect("text");
     for line in [
@@ -321,7 +316,6 @@ async fn metrics_move_as_events_flow() {
         r#"evhost_deliveries_total{handler="recorder",outcome="dead"} 1"#,
         r#"evhost_dead_letters{handler="recorder"} 1"#,
         r#"evhost_deliveries_pending{handler="recorder"} 0"#,
-        r#"evhost_handler_duration_seconds_count{handler="recorder"} 4"#,
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -26,14 +26,7 @@ fn worker_app(module: &str, settings: &str) -> Manifest {
 }
 
 async fn dead_letters(host: &TestHost, query: &str) -> Vec<Value> {
-    let response = host
-        .client
-        .get(host.url(&format!("/admin/deadletters{query}")))
-        .send()
-        .await
-        .expect("the host answers");
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("JSON");
+    let body = host.get_json(&format!("/admin/deadletters{query}")).await;
     body["deadletters"].as_array().cloned().unwrap_or_default()
 }
 
@@ -124,30 +117,15 @@ async fn reject_dead_letters_at_once_and_the_admin_api_lists_filters_and_deletes
     );
 
     let id = letters[0]["id"].as_i64().expect("an id");
-    let one = host
-        .client
-        .get(host.url(&format!("/admin/deadletters/{id}")))
-        .send()
-        .await
-        .expect("answers");
+    let one = host.get(&format!("/admin/deadletters/{id}")).await;
     assert_eq!(one.status(), 200);
     let one: Value = one.json().await.expect("JSON");
     assert_eq!(one["event"]["id"], letters[0]["event"]["id"]);
 
-    let deleted = host
-        .client
-        .delete(host.url(&format!("/admin/deadletters/{id}")))
-        .send()
-        .await
-        .expect("answers");
+    let deleted = host.delete(&format!("/admin/deadletters/{id}")).await;
     assert_eq!(deleted.status(), 204);
     assert_eq!(dead_letters(&host, "").await.len(), 1);
-    let again = host
-        .client
-        .delete(host.url(&format!("/admin/deadletters/{id}")))
-        .send()
-        .await
-        .expect("answers");
+    let again = host.delete(&format!("/admin/deadletters/{id}")).await;
     assert_eq!(again.status(), 404);
     // The event itself stays in the log.
     let discarded = letters[0]["event"]["id"].as_str().expect("an id");
@@ -175,12 +153,7 @@ async fn a_redrive_after_the_handler_is_fixed_delivers_once() {
 
     let fixed = worker_app("recorder", "max_attempts = 2");
     let host = TestHost::start_on(fixed, data).await.expect("restarts");
-    let redrive = host
-        .client
-        .post(host.url(&format!("/admin/deadletters/{id}/redrive")))
-        .send()
-        .await
-        .expect("answers");
+    let redrive = host.post(&format!("/admin/deadletters/{id}/redrive")).await;
     assert_eq!(redrive.status(), 200);
     let body: Value = redrive.json().await.expect("JSON");
     assert_eq!(body["redriven"], 1);
@@ -195,12 +168,7 @@ async fn a_redrive_after_the_handler_is_fixed_delivers_once() {
     assert_eq!(delivery["redrives"], 1);
     assert!(dead_letters(&host, "").await.is_empty());
     // A second redrive of the same id finds nothing dead.
-    let again = host
-        .client
-        .post(host.url(&format!("/admin/deadletters/{id}/redrive")))
-        .send()
-        .await
-        .expect("answers");
+    let again = host.post(&format!("/admin/deadletters/{id}/redrive")).await;
     assert_eq!(again.status(), 404);
 }
 
@@ -279,11 +247,8 @@ async fn a_graceful_stop_lets_running_invocations_commit() {
     assert_eq!(host.post_structured(&slow).await.status(), 202);
     host.eventually("the invocation is running", WAIT, || async {
         let body: Value = host
-            .client
-            .get(host.url("/admin/handlers"))
-            .send()
+            .get("/admin/handlers")
             .await
-            .expect("answers")
             .json()
             .await
             .expect("JSON");

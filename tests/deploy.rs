@@ -59,14 +59,7 @@ async fn put_handler(
 }
 
 async fn handler_info(host: &TestHost, name: &str) -> Value {
-    let response = host
-        .client
-        .get(host.url(&format!("/admin/handlers/{name}")))
-        .send()
-        .await
-        .expect("answers");
-    assert_eq!(response.status(), 200, "GET /admin/handlers/{name}");
-    response.json().await.expect("JSON")
+    host.get_json(&format!("/admin/handlers/{name}")).await
 }
 
 fn module(name: &str) -> Vec<u8> {
@@ -116,12 +109,7 @@ async fn a_new_version_and_a_rollback_go_live_while_events_flow() {
 
     tokio::time::sleep(Duration::from_millis(600)).await;
     let rollback_started = Instant::now();
-    let response = host
-        .client
-        .post(host.url("/admin/handlers/worker/rollback"))
-        .send()
-        .await
-        .expect("answers");
+    let response = host.post("/admin/handlers/worker/rollback").await;
     assert_eq!(response.status(), 200);
     let v1_back = Instant::now();
     assert_eq!(handler_info(&host, "worker").await["version"], 1);
@@ -134,11 +122,8 @@ async fn a_new_version_and_a_rollback_go_live_while_events_flow() {
     // Nothing failed, nothing was lost, each event was handled once, by one version.
     assert_eq!(host.state("worker", "count").await, Some(json!(sent.len())));
     let dead: Value = host
-        .client
-        .get(host.url("/admin/deadletters"))
-        .send()
+        .get("/admin/deadletters")
         .await
-        .expect("answers")
         .json()
         .await
         .expect("JSON");
@@ -276,22 +261,12 @@ async fn subscriptions_change_at_the_swap_and_removal_dead_letters_what_was_pend
         .collect();
     assert_eq!(host.post_batch(&batch).await.status(), 202);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let removed = host
-        .client
-        .delete(host.url("/admin/handlers/worker"))
-        .send()
-        .await
-        .expect("answers");
+    let removed = host.delete("/admin/handlers/worker").await;
     assert_eq!(removed.status(), 200);
     let removed: Value = removed.json().await.expect("JSON");
     let dead = removed["dead_lettered"].as_u64().expect("a count");
     assert!(dead >= 4, "only {dead} dead-lettered");
-    let gone = host
-        .client
-        .get(host.url("/admin/handlers/worker"))
-        .send()
-        .await
-        .expect("answers");
+    let gone = host.get("/admin/handlers/worker").await;
     assert_eq!(gone.status(), 404);
     // New events of its types are kept, with no delivery.
     assert_eq!(
@@ -301,11 +276,8 @@ async fn subscriptions_change_at_the_swap_and_removal_dead_letters_what_was_pend
         202
     );
     let letters: Value = host
-        .client
-        .get(host.url("/admin/deadletters?handler=worker"))
-        .send()
+        .get("/admin/deadletters?handler=worker")
         .await
-        .expect("answers")
         .json()
         .await
         .expect("JSON");
@@ -333,12 +305,7 @@ async fn subscriptions_change_at_the_swap_and_removal_dead_letters_what_was_pend
         .status(),
         201
     );
-    let redriven = host
-        .client
-        .post(host.url("/admin/deadletters/redrive?handler=worker"))
-        .send()
-        .await
-        .expect("answers");
+    let redriven = host.post("/admin/deadletters/redrive?handler=worker").await;
     assert_eq!(redriven.status(), 200);
     host.wait_idle(WAIT).await;
     let handled = handled_count(&host, &batch).await;
@@ -420,32 +387,14 @@ async fn deployments_survive_a_restart_and_load_from_the_compiled_cache() {
     host.wait_idle(WAIT).await;
     assert_eq!(host.state("extra", "handled/o-1").await, Some(json!("api")));
     // Rollback history survives too.
-    let back = host
-        .client
-        .post(host.url("/admin/handlers/worker/rollback"))
-        .send()
-        .await
-        .expect("answers");
+    let back = host.post("/admin/handlers/worker/rollback").await;
     assert_eq!(back.status(), 200);
-    let again = host
-        .client
-        .post(host.url("/admin/handlers/worker/rollback"))
-        .send()
-        .await
-        .expect("answers");
+    let again = host.post("/admin/handlers/worker/rollback").await;
     assert_eq!(again.status(), 409, "nothing before version 1");
 }
 
 async fn compile_cache(host: &TestHost, result: &str) -> u64 {
-    let text = host
-        .client
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .expect("answers")
-        .text()
-        .await
-        .expect("text");
+    let text = host.get("/metrics").await.text().await.expect("text");
     let prefix = format!("evhost_compile_cache_lookups{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -480,12 +429,7 @@ async fn the_admin_api_requires_the_token_when_one_is_set() {
             .status(),
         202
     );
-    let health = host
-        .client
-        .get(host.url("/healthz"))
-        .send()
-        .await
-        .expect("answers");
+    let health = host.get("/healthz").await;
     assert_eq!(health.status(), 200);
 }
 

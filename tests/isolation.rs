@@ -134,12 +134,7 @@ async fn trap_loop_and_memory_hog_each_fail_alone() {
         host.state("trapper", "seen/fine-1").await.is_some()
     })
     .await;
-    let health = host
-        .client
-        .get(host.url("/healthz"))
-        .send()
-        .await
-        .expect("answers");
+    let health = host.get("/healthz").await;
     assert_eq!(health.status(), 200);
     // A failed delivery's effects were never committed.
     assert_eq!(host.state("trapper", "seen/trap-1").await, None);

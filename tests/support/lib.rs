@@ -187,6 +187,31 @@ impl TestHost {
         format!("{}{path}", self.base)
     }
 
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        let request = self.client.get(self.url(path));
+        request.send().await.expect("the host answers")
+    }
+
+    /// `GET path`, which must answer 200 with JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("a JSON body")
+    }
+
+    /// `POST path` with no body.
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        let request = self.client.post(self.url(path));
+        request.send().await.expect("the host answers")
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        let request = self.client.delete(self.url(path));
+        request.send().await.expect("the host answers")
+    }
+
     /// Stop the host gracefully and return its data directory, for a restart.
     pub async fn stop(mut self) -> (Manifest, TempDir) {
         if let Some(stop) = self.stop.take() {
