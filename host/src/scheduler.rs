@@ -190,13 +190,24 @@ impl Scheduler {
     }
 
     /// Start scheduling `handlers` (at start-up): count what is already pending in the
-    /// store, and start one worker per handler.
+    /// store, and start one worker per handler. Every handler is in the routes before any
+    /// worker starts: a delivery left pending by a crash may run at once, and the events it
+    /// emits must reach every subscriber, not only those whose worker happened to start first.
     pub async fn start(self: &Arc<Self>, handlers: Vec<DeployedHandler>) -> Result<()> {
         let pending: HashMap<String, u64> =
             self.store.pending_counts().await?.into_iter().collect();
+        let mut slots = HashMap::clone(&self.handlers.load());
+        let mut started = Vec::new();
         for deployed in handlers {
             let waiting = pending.get(&deployed.name).copied().unwrap_or(0);
-            self.add(deployed, waiting);
+            let slot = Arc::new(HandlerSlot::new(deployed, waiting));
+            slots.insert(slot.deployed.load().name.clone(), slot.clone());
+            started.push(slot);
+        }
+        self.handlers.store(Arc::new(slots));
+        self.rebuild_routes();
+        for slot in started {
+            self.spawn_worker(slot);
         }
         Ok(())
     }
@@ -233,6 +244,10 @@ impl Scheduler {
         slots.insert(name, slot.clone());
         self.handlers.store(Arc::new(slots));
         self.rebuild_routes();
+        self.spawn_worker(slot);
+    }
+
+    fn spawn_worker(self: &Arc<Self>, slot: Arc<HandlerSlot>) {
         let scheduler = self.clone();
         tokio::spawn(async move { scheduler.run_worker(slot).await });
     }
