@@ -1,0 +1,612 @@
+//! Handlers in Python and JavaScript run beside Rust ones and keep the same contract.
+//!
+//! The Python and JavaScript handlers are built from source here, by the scripts the manifests'
+//! `build` commands run (`handlers/python/build.py`, `handlers/js/build.mjs`). The scripts
+//! install their own tools (a venv with the pinned componentize-py, `npm ci` from the
+//! lockfile) on the first run and rebuild only what changed, so only the first test run on a
+//! machine pays for them. They need `python3` (3.10+) and `node` (18+) with `npm`; set
+//! `EVHOST_PYTHON` / `EVHOST_NODE` to use others.
+//!
+//! The fixtures are the recorder in three languages (handlers/fixtures/recorder,
+//! handlers/python/recorder, handlers/js/recorder): the same events go to all three, and each
+//! must read and write its state, emit, retry, reject and fail on a thrown exception the same
+//! way. The polyglot shop (examples/shop/evhost.polyglot.toml) runs through the CLI with
+//! `--build`, which also shows the handlers' log lines reaching the host's log.
+//!
+//! `cargo test -p evhost-tests --test polyglot -- --ignored --nocapture` runs the benchmark:
+//! per-event cost of the same trivial handler in each language, and compile time cold vs
+//! cached (`EVHOST_BENCH_ONLY=python` runs the rows whose name contains `python`,
+//! `EVHOST_BENCH_EVENTS=1000` times more events).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use evhost::config::HandlerSettings;
+use evhost::runtime::{Runtime, RuntimeOptions};
+use evhost_tests::{
+    TestHost, event, evhost_binary, guest, guests_dir, manifest, place_order, stock_added,
+    workspace,
+};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The compiled-component cache the in-process test hosts share (tests/support).
+fn shared_cache_dir() -> PathBuf {
+    workspace().join("target/evhost-test-cache")
+}
+
+/// Build the Python and JavaScript handlers `names` (one language after the other: the
+/// machine is small). The scripts skip what is up to date.
+fn build_polyglot(names: &[&str]) -> PathBuf {
+    let python = std::env::var("EVHOST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let node = std::env::var("EVHOST_NODE").unwrap_or_else(|_| "node".into());
+    let root = workspace();
+    run(
+        Command::new(python)
+            .arg(root.join("handlers/python/build.py"))
+            .args(names),
+        "build the Python handlers (handlers/python/build.py)",
+    );
+    run(
+        Command::new(node)
+            .arg(root.join("handlers/js/build.mjs"))
+            .args(names),
+        "build the JavaScript handlers (handlers/js/build.mjs)",
+    );
+    root.join("target")
+}
+
+/// The workspace's target folder once the Python and JavaScript handlers the tests use are
+/// built, once per test process, and compiled into the shared cache, so that no host start
+/// waits for a cold compile of a component tens of MiB large.
+fn polyglot_built() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = build_polyglot(&["recorder", "notification"]);
+        let started = Instant::now();
+        let runtime = Runtime::new(&RuntimeOptions {
+            cache_dir: Some(shared_cache_dir()),
+        })
+        .expect("a runtime");
+        for module in [
+            "python/recorder",
+            "js/recorder",
+            "python/notification",
+            "js/notification",
+        ] {
+            let path = target.join(format!("{module}.wasm"));
+            runtime
+                .load(module, &path, HandlerSettings::default(), "/warm".into())
+                .unwrap_or_else(|err| panic!("{module} does not load: {err:#}"));
+        }
+        eprintln!(
+            "compile the Python and JavaScript handlers: {:.1?}",
+            started.elapsed()
+        );
+        target
+    })
+}
+
+fn run(command: &mut Command, what: &str) {
+    let started = Instant::now();
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("failed to {what}: {err}"));
+    assert!(
+        output.status.success(),
+        "failed to {what}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{what}: {:.1?}", started.elapsed());
+}
+
+/// A test manifest: `{guests}` is the Rust guests' folder, `{target}` the workspace's target
+/// folder, where the Python and JavaScript components are.
+fn polyglot_manifest(toml: &str) -> evhost::config::Manifest {
+    let target = polyglot_built();
+    guests_dir();
+    manifest(&toml.replace("{target}", &target.display().to_string()))
+}
+
+/// The delivery of event `id` to `handler`, as the admin API shows it.
+async fn delivery(host: &TestHost, id: &str, handler: &str) -> Value {
+    let events = host
+        .events(&[("type", "test.poly.v1"), ("limit", "1000")])
+        .await
+        .into_iter()
+        .chain(
+            host.events(&[("type", "test.trap.v1"), ("limit", "1000")])
+                .await,
+        );
+    for logged in events {
+        if logged["event"]["id"] == id {
+            let deliveries = logged["deliveries"].as_array().cloned().unwrap_or_default();
+            if let Some(found) = deliveries.into_iter().find(|d| d["handler"] == handler) {
+                return found;
+            }
+        }
+    }
+    panic!("no delivery of {id} to {handler}");
+}
+
+async fn wait_status(host: &TestHost, id: &str, handler: &str, status: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = delivery(host, id, handler).await;
+        if found["status"] == status {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the delivery of {id} to {handler} never became {status}: {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The recorder in Rust, Python and JavaScript, on the same events; and, for a thrown
+/// exception, the Rust fixture that panics, which is what a thrown exception is to Python and
+/// JavaScript: a bug, not a decision.
+const RECORDERS: &str = r#"
+    [app]
+    name = "polyglot"
+
+    [[handler]]
+    name = "rust"
+    module = "{guests}/recorder.wasm"
+    subscribe = ["test.poly.v1"]
+    max_attempts = 3
+    backoff = { initial_ms = 10, max_ms = 20 }
+    config = { label = "rust recorder" }
+
+    [[handler]]
+    name = "rust-panics"
+    module = "{guests}/misbehave.wasm"
+    subscribe = ["test.trap.v1"]
+    max_attempts = 3
+    backoff = { initial_ms = 10, max_ms = 20 }
+
+    [[handler]]
+    name = "python"
+    module = "{target}/python/recorder.wasm"
+    subscribe = ["test.poly.v1", "test.trap.v1"]
+    max_attempts = 3
+    backoff = { initial_ms = 10, max_ms = 20 }
+    config = { label = "python recorder" }
+
+    [[handler]]
+    name = "js"
+    module = "{target}/js/recorder.wasm"
+    subscribe = ["test.poly.v1", "test.trap.v1"]
+    max_attempts = 3
+    backoff = { initial_ms = 10, max_ms = 20 }
+    config = { label = "js recorder" }
+"#;
+
+const LANGUAGES: [&str; 3] = ["rust", "python", "js"];
+
+fn poly_event(id: &str, subject: &str, data: Value) -> Value {
+    let mut e = event(id, "test.poly.v1", data);
+    e["subject"] = json!(subject);
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_js_keep_the_contract_beside_rust() {
+    let host = TestHost::start(polyglot_manifest(RECORDERS)).await;
+
+    // State: each handler reads and writes its own, and reads see its staged writes (the
+    // Python and JavaScript recorders reject the event otherwise).
+    let first = poly_event("ok-1", "k", json!({}));
+    assert_eq!(host.post_structured(&first).await.status(), 202);
+    for handler in LANGUAGES {
+        wait_status(&host, "ok-1", handler, "done").await;
+    }
+    // Emit: one event each, completed by the host.
+    let emitting = poly_event(
+        "emit-1",
+        "k",
+        json!({"emit": {
+            "type": "test.emitted.v1",
+            "data": {"n": 1},
+            "subject": "k",
+            "partitionkey": "p-1",
+        }}),
+    );
+    assert_eq!(host.post_structured(&emitting).await.status(), 202);
+    for handler in LANGUAGES {
+        wait_status(&host, "emit-1", handler, "done").await;
+        assert_eq!(
+            host.state(handler, "seen/k").await,
+            Some(json!(["ok-1", "emit-1"])),
+            "{handler}"
+        );
+        assert_eq!(
+            host.state(handler, "count").await,
+            Some(json!(2)),
+            "{handler}"
+        );
+        // Settings: each reads its own `config`.
+        assert_eq!(
+            host.state(handler, "handled/ok-1").await,
+            Some(json!(format!("{handler} recorder"))),
+            "{handler}"
+        );
+    }
+    let emitted = host.events_of_type("test.emitted.v1").await;
+    assert_eq!(emitted.len(), 3, "{emitted:#?}");
+    let mut ids = Vec::new();
+    for handler in LANGUAGES {
+        let source = format!("/polyglot/{handler}");
+        let e = emitted
+            .iter()
+            .find(|e| e["source"] == source.as_str())
+            .unwrap_or_else(|| panic!("{handler} emitted nothing: {emitted:#?}"));
+        // What the handler set...
+        assert_eq!(e["data"], json!({"n": 1}), "{e}");
+        assert_eq!(e["subject"], "k", "{e}");
+        assert_eq!(e["partitionkey"], "p-1", "{e}");
+        assert_eq!(e["datacontenttype"], "application/json", "{e}");
+        // ... and what the host filled in.
+        assert_eq!(e["specversion"], "1.0", "{e}");
+        assert_eq!(e["causationid"], "emit-1", "{e}");
+        assert_eq!(e["correlationid"], "emit-1", "{e}");
+        assert!(e["time"].as_str().is_some_and(|t| !t.is_empty()), "{e}");
+        ids.push(e["id"].as_str().expect("an id").to_owned());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each handler's emit has its own id: {ids:?}");
+
+    // Failures: retry is retried up to max_attempts, reject dead-letters at once, and a thrown
+    // exception (a panic in Rust) counts as a retryable failure. Whatever a failed invocation
+    // staged (state, an emit) is discarded.
+    let emit_then =
+        |fail: &str| json!({"fail": fail, "emit": {"type": "test.discarded.v1", "data": {}}});
+    let retry = poly_event("retry-1", "failed", emit_then("retry"));
+    let reject = poly_event("reject-1", "failed", emit_then("reject"));
+    let mut throw = event("throw-1", "test.trap.v1", emit_then("throw"));
+    throw["subject"] = json!("failed");
+    for e in [&retry, &reject, &throw] {
+        assert_eq!(host.post_structured(e).await.status(), 202);
+    }
+    for handler in LANGUAGES {
+        let retried = wait_status(&host, "retry-1", handler, "dead").await;
+        assert_eq!(retried["attempts"], 3, "{handler}: {retried}");
+        assert!(
+            retried["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("asked to retry") && e.contains("retry-1")),
+            "{handler}: {retried}"
+        );
+        let rejected = wait_status(&host, "reject-1", handler, "dead").await;
+        assert_eq!(rejected["attempts"], 1, "{handler}: {rejected}");
+        assert!(
+            rejected["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("rejected the event") && e.contains("reject-1")),
+            "{handler}: {rejected}"
+        );
+    }
+    let panicked = wait_status(&host, "throw-1", "rust-panics", "dead").await;
+    assert_eq!(panicked["attempts"], 3, "{panicked}");
+    for (handler, exception) in [("python", "RuntimeError"), ("js", "TypeError")] {
+        let thrown = wait_status(&host, "throw-1", handler, "dead").await;
+        assert_eq!(thrown["attempts"], 3, "{handler}: {thrown}");
+        let error = thrown["last_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("uncaught {exception}")) && error.contains("throw-1"),
+            "{handler}: the exception is the reason: {thrown}"
+        );
+    }
+    host.wait_idle(WAIT).await;
+    for handler in LANGUAGES {
+        assert_eq!(host.state(handler, "seen/failed").await, None, "{handler}");
+        assert_eq!(
+            host.state(handler, "count").await,
+            Some(json!(2)),
+            "{handler}"
+        );
+    }
+    assert!(host.events_of_type("test.discarded.v1").await.is_empty());
+}
+
+/// An emit the host refuses is a `reject` in every language's SDK: the same event would make
+/// the same emit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_emits_are_rejected_in_every_language() {
+    let host = TestHost::start(polyglot_manifest(RECORDERS)).await;
+    // An event type with a space: the host refuses the emit.
+    let bad = poly_event(
+        "bad-emit",
+        "k",
+        json!({"emit": {"type": "not a type", "data": {}}}),
+    );
+    assert_eq!(host.post_structured(&bad).await.status(), 202);
+    for handler in LANGUAGES {
+        let rejected = wait_status(&host, "bad-emit", handler, "dead").await;
+        assert_eq!(rejected["attempts"], 1, "{handler}: {rejected}");
+        assert!(
+            rejected["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot emit") && e.contains("whitespace")),
+            "{handler}: {rejected}"
+        );
+    }
+}
+
+/// A running `evhost` process, its log lines (JSON) collected as they come.
+struct HostProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl HostProcess {
+    fn lines(&self) -> Vec<Value> {
+        self.lines.lock().expect("the log lines").clone()
+    }
+
+    /// The address from the "evhost is serving" line, once the host got there.
+    fn wait_serving(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(addr) = self
+                .lines()
+                .iter()
+                .find(|l| l["fields"]["message"] == "evhost is serving")
+                .and_then(|l| l["fields"]["addr"].as_str().map(str::to_owned))
+            {
+                return addr;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("evhost exited ({status}):\n{:#?}", self.lines());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "evhost did not start serving:\n{:#?}",
+                self.lines()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_polyglot_shop_builds_and_runs_from_the_cli() {
+    // Built (and compiled into the cache) up front, so that `--build` below only checks.
+    polyglot_built();
+    guests_dir();
+    let data = tempfile::tempdir().expect("a temporary directory");
+    // The compiled components of this test run, so that the host does not compile the large
+    // Python and JavaScript components again (that is measured by the benchmark).
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(shared_cache_dir(), data.path().join("compiled"))
+        .expect("link the compiled-component cache");
+    let mut child = Command::new(evhost_binary())
+        .args(["--log-format", "json", "up"])
+        .arg(workspace().join("examples/shop/evhost.polyglot.toml"))
+        .args(["--build", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .env("EVHOST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("evhost starts");
+    let stderr = child.stderr.take().expect("a stderr pipe");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let collected = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // The build tools' own output is plain text; keep it readable in a failure.
+            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            collected.lock().expect("the log lines").push(value);
+        }
+    });
+    let mut process = HostProcess { child, lines };
+    let addr = tokio::task::block_in_place(|| process.wait_serving(Duration::from_secs(300)));
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let post = |e: Value| {
+        client
+            .post(format!("{base}/events"))
+            .header("content-type", "application/cloudevents+json")
+            .body(e.to_string())
+            .send()
+    };
+    assert_eq!(
+        post(stock_added("stock-1", "sku-1", 5))
+            .await
+            .expect("answers")
+            .status(),
+        202
+    );
+    assert_eq!(
+        post(place_order("o-1", "sku-1", 1, 25.0))
+            .await
+            .expect("answers")
+            .status(),
+        202
+    );
+
+    let state = |handler: &'static str, key: String| {
+        let url = format!("{base}/admin/state/{handler}/{key}");
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.expect("answers");
+            if response.status() == 200 {
+                response.json::<Value>().await.ok()
+            } else {
+                None
+            }
+        }
+    };
+    let placed = "count/com.example.shop.order.placed.v1".to_owned();
+    let shipped = "count/com.example.shop.shipment.created.v1".to_owned();
+    let deadline = Instant::now() + WAIT;
+    for handler in ["notification", "notification-js"] {
+        loop {
+            let counts = (
+                state(handler, placed.clone()).await,
+                state(handler, shipped.clone()).await,
+            );
+            if counts == (Some(json!(1)), Some(json!(1))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{handler} did not count the order: {counts:?}\n{:#?}",
+                process.lines()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Each language's log line reached the host's log, with the handler's name and the event.
+    let logged = |handler: &str, message: &str| {
+        process.lines().iter().any(|l| {
+            l["target"] == "evhost::handler"
+                && l["fields"]["handler"] == handler
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(message))
+                && l["fields"]["event_id"].as_str().is_some()
+        })
+    };
+    for handler in ["notification", "notification-js"] {
+        for message in [
+            "notify order o-1: we have your order",
+            "notify order o-1: your order is on its way",
+        ] {
+            assert!(
+                logged(handler, message),
+                "{handler} logged `{message}`:\n{:#?}",
+                process.lines()
+            );
+        }
+    }
+}
+
+/// Per-event cost of the same trivial handler (`ack`: no state, no emits, no logs) in Rust,
+/// Python and JavaScript, instantiate + call, on one runtime configured like the host's; and
+/// compile time cold (empty cache) and cached (a new engine on the filled cache, as after a
+/// restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored --nocapture"]
+async fn polyglot_cost() {
+    polyglot_built();
+    let target = build_polyglot(&["ack"]);
+    let rust_ack = {
+        let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        command.current_dir(workspace()).args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "ack",
+        ]);
+        run(&mut command, "build the Rust ack fixture");
+        guest("ack")
+    };
+    let modules = [
+        ("rust", rust_ack),
+        ("python", target.join("python/ack.wasm")),
+        ("js", target.join("js/ack.wasm")),
+        ("rust notification", guest("notification")),
+        (
+            "python notification",
+            target.join("python/notification.wasm"),
+        ),
+        ("js notification", target.join("js/notification.wasm")),
+    ];
+    let events: usize = std::env::var("EVHOST_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let store =
+        evhost::store::Store::open(data.path(), evhost::store::Durability::Off).expect("a store");
+    println!(
+        "\n{:<20} {:>8} {:>12} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "handler", "MiB", "cold ms", "cached ms", "first ms", "p50 us", "mean us", "p99 us"
+    );
+    let only = std::env::var("EVHOST_BENCH_ONLY").unwrap_or_default();
+    for (name, module) in modules {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
+        let size = std::fs::metadata(&module).expect("the module").len() as f64 / 1048576.0;
+        let cache = tempfile::tempdir().expect("a temporary directory");
+        let options = RuntimeOptions {
+            cache_dir: Some(cache.path().to_owned()),
+        };
+        let load = |runtime: &Runtime| {
+            let started = Instant::now();
+            let handler = runtime
+                .load(name, &module, HandlerSettings::default(), "/bench".into())
+                .expect("the module loads");
+            (handler, started.elapsed())
+        };
+        let cold_runtime = Runtime::new(&options).expect("a runtime");
+        let (_, cold) = tokio::task::block_in_place(|| load(&cold_runtime));
+        drop(cold_runtime);
+        // The cache is written in the background; give it a moment to land on disk.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let runtime = Runtime::new(&options).expect("a runtime");
+        let (handler, cached) = tokio::task::block_in_place(|| load(&runtime));
+
+        let event = evhost::event::Event {
+            id: "bench-0".into(),
+            source: "/bench".into(),
+            ty: "com.example.shop.order.placed.v1".into(),
+            datacontenttype: Some("application/json".into()),
+            dataschema: None,
+            subject: Some("o-1".into()),
+            time: None,
+            extensions: Default::default(),
+            data: Some(br#"{"order_id": "o-1", "sku": "sku-1", "quantity": 1}"#.to_vec()),
+        };
+        let mut timings = Vec::with_capacity(events);
+        let mut first = Duration::ZERO;
+        for i in 0..events + 20 {
+            let started = Instant::now();
+            runtime
+                .invoke(&handler, &event, store.state_reader(name))
+                .await
+                .unwrap_or_else(|err| panic!("{name}: {err}"));
+            let took = started.elapsed();
+            if i == 0 {
+                first = took;
+            }
+            // The first few warm the pooling allocator's slots and the caches.
+            if i >= 20 {
+                timings.push(took);
+            }
+        }
+        timings.sort();
+        let mean = timings.iter().sum::<Duration>() / timings.len() as u32;
+        let p50 = timings[timings.len() / 2];
+        let p99 = timings[timings.len() * 99 / 100];
+        println!(
+            "{name:<20} {size:>8.1} {:>12.0} {:>12.0} {:>10.1} {:>10.0} {:>10.0} {:>10.0}",
+            cold.as_secs_f64() * 1e3,
+            cached.as_secs_f64() * 1e3,
+            first.as_secs_f64() * 1e3,
+            p50.as_secs_f64() * 1e6,
+            mean.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6,
+        );
+    }
+}
