@@ -196,6 +196,15 @@ async fn bad_modules_and_settings_are_400s_and_the_live_version_stays() {
         detail.contains("`concurency`") && detail.contains("`subscribe`"),
         "{detail}"
     );
+    let tiny = "subscribe = [\"test.work.v1\"]\nmemory_mb = 1\n";
+    let response = put_handler(&host, "worker", module("recorder"), Some(tiny.into())).await;
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.expect("a problem");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("of memory to start, over its `memory_mb` of 1"),
+        "{detail}"
+    );
     let response = put_handler(&host, "newcomer", module("recorder"), None).await;
     assert_eq!(response.status(), 400, "a new handler needs its settings");
     let response = put_handler(&host, "Bad Name", module("recorder"), good.clone()).await;
@@ -420,7 +429,9 @@ async fn the_admin_api_requires_the_token_when_one_is_set() {
             assert_eq!(response.status(), status, "{path} with {token:?}");
         }
     }
-    let unauthorized = put_handler(&host, "worker", module("recorder"), None).await;
+    // A small body: the host answers 401 without reading the rest, which a large upload
+    // would see as a broken pipe.
+    let unauthorized = put_handler(&host, "worker", b"\0asm".to_vec(), None).await;
     assert_eq!(unauthorized.status(), 401);
     // Ingress and health do not need it.
     assert_eq!(

@@ -240,26 +240,46 @@ pub async fn run(
 }
 
 /// Compile and check every handler of `manifest`, off the async threads, all at once so that
-/// every broken module is reported, not the first only.
+/// every broken module is reported, not the first only. Handlers that share a module file
+/// share one compile.
 async fn load_handlers(
     runtime: &Arc<Runtime>,
     manifest: &Manifest,
 ) -> Result<Vec<runtime::DeployedHandler>> {
-    let mut tasks = Vec::new();
-    for spec in manifest.handlers.clone() {
-        let runtime = runtime.clone();
-        // The real source is set once the store has told the app's name.
-        let source = format!("/{}/{}", manifest.app.name, spec.name);
-        tasks.push(tokio::task::spawn_blocking(move || {
-            runtime.load(&spec.name, &spec.module, spec.settings, source)
-        }));
+    let mut compiles = std::collections::HashMap::new();
+    for spec in &manifest.handlers {
+        if !compiles.contains_key(&spec.module) {
+            let (runtime, path) = (runtime.clone(), spec.module.clone());
+            let task = tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&path)
+                    .with_context(|| format!("failed to read module {path:?}"))?;
+                runtime
+                    .compile(&bytes)
+                    .with_context(|| format!("module {path:?}"))
+            });
+            compiles.insert(spec.module.clone(), task);
+        }
+    }
+    let mut compiled = std::collections::HashMap::new();
+    for (path, task) in compiles {
+        let result = task.await.context("a handler compile panicked")?;
+        compiled.insert(path, result.map_err(|err| format!("{err:#}")));
     }
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
-    for task in tasks {
-        match task.await.context("a handler compile panicked")? {
+    for spec in &manifest.handlers {
+        // The real source is set once the store has told the app's name.
+        let source = format!("/{}/{}", manifest.app.name, spec.name);
+        let linked = match &compiled[&spec.module] {
+            Ok(module) => runtime
+                .link(&spec.name, module, spec.settings.clone(), source)
+                .with_context(|| format!("module {:?}", spec.module))
+                .map_err(|err| format!("{err:#}")),
+            Err(err) => Err(err.clone()),
+        };
+        match linked {
             Ok(handler) => loaded.push(handler),
-            Err(err) => problems.push(format!("{err:#}")),
+            Err(err) => problems.push(format!("handler `{}`: {err}", spec.name)),
         }
     }
     if !problems.is_empty() {

@@ -73,6 +73,23 @@ pub struct Runtime {
     ticker_stop: Arc<AtomicBool>,
 }
 
+/// A compiled component, before it is linked as a handler.
+#[derive(Clone)]
+pub struct Compiled {
+    component: Component,
+    sha256: String,
+}
+
+impl Compiled {
+    /// The module's SHA-256, hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+/// Bytes in a Wasm page.
+const WASM_PAGE_BYTES: u64 = 64 * 1024;
+
 /// One loaded version of a handler: compiled, linked and type-checked.
 pub struct DeployedHandler {
     pub name: String,
@@ -252,6 +269,13 @@ impl Runtime {
         settings: HandlerSettings,
         source: String,
     ) -> Result<DeployedHandler> {
+        let module = self.compile(bytes)?;
+        self.link(name, &module, settings, source)
+    }
+
+    /// Compile a component (blocking; seconds for a large one). One [`Compiled`] serves
+    /// every handler deployed from the same module.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Compiled> {
         if is_core_module(bytes) {
             return Err(anyhow!(
                 "it is a core wasm module, not a component (build it for wasm32-wasip2, or \
@@ -261,9 +285,24 @@ impl Runtime {
         let component = Component::new(&self.engine, bytes)
             .map_err(anyhow::Error::from)
             .context("it is not a valid component")?;
+        Ok(Compiled {
+            component,
+            sha256: module_sha256(bytes),
+        })
+    }
+
+    /// Link a compiled module as handler `name` and check it against the `handler` world
+    /// and the handler's limits: this is where a wrong module fails, at deploy time.
+    pub fn link(
+        &self,
+        name: &str,
+        module: &Compiled,
+        settings: HandlerSettings,
+        source: String,
+    ) -> Result<DeployedHandler> {
         let instance_pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(&module.component)
             .map_err(anyhow::Error::from)
             .context("it imports something the host does not provide")?;
         let pre = HandlerPre::new(instance_pre)
@@ -272,10 +311,25 @@ impl Runtime {
                 "it does not export the `evhost:handler/handler` world (`handle: func(event) -> \
              result<_, handler-error>`)",
             )?;
+        // A module whose memory starts above the limit would fail every delivery; say so now.
+        let initial_pages = module
+            .component
+            .resources_required()
+            .and_then(|r| r.max_initial_memory_size)
+            .unwrap_or(0);
+        let initial_bytes = initial_pages.saturating_mul(WASM_PAGE_BYTES);
+        if initial_bytes > settings.memory_bytes() {
+            return Err(anyhow!(
+                "it needs {:.2} MiB of memory to start, over its `memory_mb` of {} (raise \
+                 `memory_mb`)",
+                initial_bytes as f64 / f64::from(1 << 20),
+                settings.memory_mb
+            ));
+        }
         Ok(DeployedHandler {
             name: name.to_owned(),
             version: 0,
-            module_sha256: module_sha256(bytes),
+            module_sha256: module.sha256.clone(),
             deployed_at_ms: 0,
             config: Arc::new(settings.config.clone()),
             settings,
