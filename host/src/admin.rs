@@ -206,7 +206,7 @@ async fn redrive_target(app: &AppState, target: RedriveTarget) -> Response {
             if let (Some(id), true) = (single, handlers.is_empty()) {
                 return no_dead_letter(id);
             }
-            app.scheduler.appended(handlers.iter().map(String::as_str));
+            app.scheduler.redriven(handlers.iter().map(String::as_str));
             Json(json!({"redriven": handlers.len()})).into_response()
         }
         Err(err) => internal("failed to redrive", &err),

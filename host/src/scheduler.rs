@@ -17,7 +17,7 @@
 //!   its in-flight set, and it removes a delivery only after that delivery's outcome is
 //!   durable, so a later read of the store can no longer see it pending.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
@@ -69,6 +69,9 @@ pub struct HandlerSlot {
     concurrency: std::sync::atomic::AtomicU32,
     /// Set when the handler is removed: its worker stops.
     removed: std::sync::atomic::AtomicBool,
+    /// Set when old deliveries became pending again (a redrive): the worker re-reads its
+    /// backlog from the start.
+    rescan: std::sync::atomic::AtomicBool,
     /// Deliveries appended and not yet settled (done or dead).
     pending: AtomicU64,
     drain: std::sync::Mutex<DrainRate>,
@@ -112,6 +115,7 @@ impl HandlerSlot {
             permits: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency: std::sync::atomic::AtomicU32::new(concurrency),
             removed: std::sync::atomic::AtomicBool::new(false),
+            rescan: std::sync::atomic::AtomicBool::new(false),
             pending: AtomicU64::new(pending),
             drain: std::sync::Mutex::new(DrainRate::new()),
             wake: Notify::new(),
@@ -142,7 +146,31 @@ impl HandlerSlot {
 
 /// A finished invocation, reported to its worker.
 struct Finished {
-    delivery_id: i64,
+    delivery: PendingDelivery,
+    after: AfterRun,
+}
+
+/// What became of a delivery the worker started.
+enum AfterRun {
+    /// Done or dead-lettered (or settled by someone else): it leaves the backlog.
+    Settled,
+    /// Still pending: it waits in the backlog until this time (unix ms), holding its key.
+    Again { not_before_ms: i64 },
+}
+
+/// What a handler's worker knows of its pending deliveries. The store is the truth; the
+/// backlog holds a window of it, read incrementally: each look at the store reads only
+/// deliveries appended since the last (ids grow in commit order, as one writer assigns
+/// them), and a delivery the worker ran comes back to it with its new state. Only a redrive
+/// puts an old id back to pending, and it asks for a full re-read ([`HandlerSlot::rescan`]).
+#[derive(Default)]
+struct Backlog {
+    /// Pending and not running, by id (= arrival order).
+    waiting: BTreeMap<i64, PendingDelivery>,
+    /// Running: id -> ordering key.
+    running: HashMap<i64, Option<String>>,
+    /// The highest id read from the store.
+    read_up_to: i64,
 }
 
 impl Scheduler {
@@ -274,6 +302,19 @@ impl Scheduler {
         }
     }
 
+    /// Dead deliveries of these handlers were put back to pending: count them, and have the
+    /// workers re-read their backlogs (the redriven ids are older than what they have read).
+    pub fn redriven<'a>(&self, handlers: impl IntoIterator<Item = &'a str>) {
+        let slots = self.handlers.load();
+        for name in handlers {
+            if let Some(slot) = slots.get(name) {
+                slot.pending.fetch_add(1, AtomicOrdering::Relaxed);
+                slot.rescan.store(true, AtomicOrdering::Relaxed);
+                slot.wake.notify_one();
+            }
+        }
+    }
+
     /// Stop starting invocations, and wait up to `grace` for those in flight to finish.
     pub async fn shutdown(&self, grace: Duration) {
         self.shutdown.send_replace(true);
@@ -295,7 +336,7 @@ impl Scheduler {
 
     async fn run_worker(self: Arc<Self>, slot: Arc<HandlerSlot>) {
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
-        let mut in_flight: HashMap<i64, Option<String>> = HashMap::new();
+        let mut backlog = Backlog::default();
         let mut bucket = slot.deployed.load().settings.rate.map(TokenBucket::new);
         let mut bucket_version = slot.deployed.load().version;
         let mut shutdown = self.shutdown.subscribe();
@@ -309,7 +350,7 @@ impl Scheduler {
                 bucket_version = version;
             }
             let dispatched = self
-                .dispatch(&slot, &mut in_flight, bucket.as_mut(), &finished_tx)
+                .dispatch(&slot, &mut backlog, bucket.as_mut(), &finished_tx)
                 .await;
             let next_due = match dispatched {
                 Ok(next_due) => next_due,
@@ -333,10 +374,10 @@ impl Scheduler {
             };
             tokio::select! {
                 Some(finished) = finished_rx.recv() => {
-                    in_flight.remove(&finished.delivery_id);
-                    // Take every other report already waiting before looking at the store.
+                    backlog.finished(finished);
+                    // Take every other report already waiting before dispatching again.
                     while let Ok(finished) = finished_rx.try_recv() {
-                        in_flight.remove(&finished.delivery_id);
+                        backlog.finished(finished);
                     }
                 }
                 () = slot.wake.notified() => {}
@@ -350,26 +391,42 @@ impl Scheduler {
     async fn dispatch(
         self: &Arc<Self>,
         slot: &Arc<HandlerSlot>,
-        in_flight: &mut HashMap<i64, Option<String>>,
+        backlog: &mut Backlog,
         mut bucket: Option<&mut TokenBucket>,
         finished: &mpsc::UnboundedSender<Finished>,
     ) -> Result<Option<i64>> {
-        if slot.permits.available_permits() == 0 {
-            return Ok(None); // a finishing invocation wakes the worker
-        }
         let deployed = slot.deployed.load_full();
-        let window = MIN_WINDOW.max(deployed.settings.concurrency * 4);
-        let pending = self.store.pending(&deployed.name, window).await?;
-
-        let mut held_keys: HashSet<String> = in_flight.values().flatten().cloned().collect();
-        let mut next_due: Option<i64> = None;
-        let now = now_ms();
-        for delivery in pending {
-            if in_flight.contains_key(&delivery.id) {
-                continue;
+        if slot.rescan.swap(false, AtomicOrdering::Relaxed) {
+            backlog.waiting.clear();
+            backlog.read_up_to = 0;
+        }
+        let window = MIN_WINDOW.max(deployed.settings.concurrency * 4) as usize;
+        let room = window.saturating_sub(backlog.waiting.len() + backlog.running.len());
+        if room > 0 {
+            let fresh = self
+                .store
+                .pending(&deployed.name, backlog.read_up_to, room as u32)
+                .await?;
+            for delivery in fresh {
+                backlog.read_up_to = backlog.read_up_to.max(delivery.id);
+                if !backlog.running.contains_key(&delivery.id) {
+                    backlog.waiting.insert(delivery.id, delivery);
+                }
             }
+        }
+
+        let mut held_keys: HashSet<&str> = backlog
+            .running
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let mut next_due: Option<i64> = None;
+        let mut start = Vec::new();
+        let now = now_ms();
+        for delivery in backlog.waiting.values() {
             if let Some(key) = &delivery.ordering_key
-                && !held_keys.insert(key.clone())
+                && !held_keys.insert(key.as_str())
             {
                 continue; // an earlier delivery for this key runs or waits for its retry
             }
@@ -379,6 +436,9 @@ impl Scheduler {
                 );
                 continue;
             }
+            if slot.permits.available_permits() <= start.len() {
+                break; // a finishing invocation wakes the worker
+            }
             if let Some(bucket) = bucket.as_deref_mut()
                 && let Err(wait) = bucket.try_take()
             {
@@ -387,33 +447,45 @@ impl Scheduler {
                 next_due = Some(next_due.map_or(at, |t| t.min(at)));
                 break;
             }
+            start.push(delivery.id);
+        }
+        for id in start {
+            let Some(delivery) = backlog.waiting.remove(&id) else {
+                continue;
+            };
             let Ok(permit) = slot.permits.clone().try_acquire_owned() else {
+                // Permits shrank under a redeploy: it waits for the next round.
+                backlog.waiting.insert(id, delivery);
                 if let Some(bucket) = bucket.as_deref_mut() {
                     bucket.give_back();
                 }
                 break;
             };
-            in_flight.insert(delivery.id, delivery.ordering_key.clone());
+            backlog.running.insert(id, delivery.ordering_key.clone());
             let scheduler = self.clone();
             let slot = slot.clone();
             let finished = finished.clone();
             // Wasm runs on its own threads, so that handlers busy with CPU never hold the
             // threads that serve HTTP.
             self.wasm_threads.spawn(async move {
-                let delivery_id = delivery.id;
-                scheduler.run_delivery(&slot, delivery).await;
+                let (delivery, after) = scheduler.run_delivery(&slot, delivery).await;
                 drop(permit);
                 // The worker may be gone (handler removed); then nobody needs the report.
-                drop(finished.send(Finished { delivery_id }));
+                drop(finished.send(Finished { delivery, after }));
             });
         }
         Ok(next_due)
     }
 
-    /// Invoke the handler for one delivery and settle the outcome in the store.
-    async fn run_delivery(&self, slot: &HandlerSlot, delivery: PendingDelivery) {
+    /// Invoke the handler for one delivery and settle the outcome in the store; hand the
+    /// delivery back with what became of it.
+    async fn run_delivery(
+        &self,
+        slot: &HandlerSlot,
+        mut delivery: PendingDelivery,
+    ) -> (PendingDelivery, AfterRun) {
         let mut reruns = 0;
-        let settled = loop {
+        let outcome = loop {
             let deployed = slot.deployed.load_full();
             let reader = self.store.state_reader(&deployed.name);
             let started = std::time::Instant::now();
@@ -432,9 +504,10 @@ impl Scheduler {
             match self.commit(&deployed, &delivery, staged).await {
                 Ok(Committed::Done { .. }) => {
                     self.count(&deployed.name, "ok");
-                    break Ok(true);
+                    break Ok(None);
                 }
-                Ok(Committed::AlreadySettled) => break Ok(false),
+                // Someone else settled it (and counted it): nothing left to do.
+                Ok(Committed::AlreadySettled) => return (delivery, AfterRun::Settled),
                 // Another invocation wrote what this one read: its decision is stale, not
                 // wrong, so run it again on fresh state without counting a failed attempt.
                 Ok(Committed::Conflict { .. }) if reruns < MAX_CONFLICT_RERUNS => {
@@ -448,9 +521,20 @@ impl Scheduler {
                 Err(err) => break Err(err),
             }
         };
-        match settled {
-            Ok(true) => slot.settled(),
-            Ok(false) => {}
+        match outcome {
+            Ok(None) => {
+                slot.settled();
+                (delivery, AfterRun::Settled)
+            }
+            Ok(Some(retry_at_ms)) => {
+                delivery.attempts += 1;
+                (
+                    delivery,
+                    AfterRun::Again {
+                        not_before_ms: retry_at_ms,
+                    },
+                )
+            }
             Err(err) => {
                 // Nothing was settled: the delivery is still pending and runs again.
                 tracing::error!(
@@ -459,6 +543,8 @@ impl Scheduler {
                     error = format!("{err:#}"),
                     "failed to record a delivery's outcome"
                 );
+                let not_before_ms = now_ms() + STORE_ERROR_PAUSE.as_millis() as i64;
+                (delivery, AfterRun::Again { not_before_ms })
             }
         }
     }
@@ -512,13 +598,13 @@ impl Scheduler {
             .inc();
     }
 
-    /// Record a failure: retry with backoff, or dead-letter. `Ok(true)` when dead-lettered.
+    /// Record a failure: retry with backoff (`Ok(Some(when))`), or dead-letter (`Ok(None)`).
     async fn record_failure(
         &self,
         deployed: &DeployedHandler,
         delivery: &PendingDelivery,
         error: InvokeError,
-    ) -> Result<bool> {
+    ) -> Result<Option<i64>> {
         let settings = &deployed.settings;
         let attempt = delivery.attempts + 1;
         let retry_at_ms = (error.is_retryable() && attempt < settings.max_attempts)
@@ -553,7 +639,23 @@ impl Scheduler {
             "dead"
         };
         self.count(&deployed.name, outcome);
-        Ok(retry_at_ms.is_none())
+        Ok(retry_at_ms)
+    }
+}
+
+impl Backlog {
+    fn finished(
+        &mut self,
+        Finished {
+            mut delivery,
+            after,
+        }: Finished,
+    ) {
+        self.running.remove(&delivery.id);
+        if let AfterRun::Again { not_before_ms } = after {
+            delivery.not_before_ms = not_before_ms;
+            self.waiting.insert(delivery.id, delivery);
+        }
     }
 }
 

@@ -306,10 +306,16 @@ impl Store {
         self.inner.writer.stats()
     }
 
-    /// Up to `limit` pending deliveries of `handler`, oldest first, due or not.
-    pub async fn pending(&self, handler: &str, limit: u32) -> Result<Vec<PendingDelivery>> {
+    /// Up to `limit` pending deliveries of `handler` with an id above `after_id`, oldest
+    /// first, due or not.
+    pub async fn pending(
+        &self,
+        handler: &str,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>> {
         let handler = handler.to_owned();
-        self.read(move |conn| schema::pending(conn, &handler, limit))
+        self.read(move |conn| schema::pending(conn, &handler, after_id, limit))
             .await
     }
 

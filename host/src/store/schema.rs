@@ -272,15 +272,16 @@ fn event_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<Event> {
 pub(super) fn pending(
     conn: &Connection,
     handler: &str,
+    after_id: i64,
     limit: u32,
 ) -> Result<Vec<PendingDelivery>> {
     let sql = format!(
         "SELECT d.id, d.ordering_key, d.attempts, d.not_before, {EVENT_COLUMNS} \
          FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-         WHERE d.handler = ?1 AND d.status = 'pending' ORDER BY d.id LIMIT ?2"
+         WHERE d.handler = ?1 AND d.status = 'pending' AND d.id > ?3 ORDER BY d.id LIMIT ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![handler, limit], |row| {
+    let rows = stmt.query_map(params![handler, limit, after_id], |row| {
         Ok(PendingDelivery {
             id: row.get(0)?,
             ordering_key: row.get(1)?,
