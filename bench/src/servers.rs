@@ -9,7 +9,6 @@
 //!   the host's scheduler does, but calls a native Rust function where the host instantiates
 //!   a Wasm component. The end-to-end Wasm scenario over this one is what Wasm costs.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -136,54 +135,59 @@ pub fn native_ack(event: &evhost::event::Event) -> Result<(), String> {
     Ok(())
 }
 
-/// The host scheduler's loop, for one unordered handler: read a window of pending
-/// deliveries, start each one not yet in flight under the concurrency limit, and look again
-/// when one finishes or more are appended.
+/// The host scheduler's loop, for one unordered handler: keep a backlog read incrementally
+/// from the store (only deliveries appended since the last read), start each one under the
+/// concurrency limit, and look again when one finishes or more are appended.
 async fn worker(native: Arc<Native>, concurrency: usize) {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<i64>();
-    let mut in_flight: HashMap<i64, ()> = HashMap::new();
+    let mut waiting = std::collections::VecDeque::new();
+    let mut running = 0usize;
+    let mut read_up_to = 0i64;
     loop {
-        if permits.available_permits() > 0 {
-            match native.store.pending("ack", WINDOW).await {
+        let room = (WINDOW as usize).saturating_sub(waiting.len() + running);
+        if room > 0 {
+            match native.store.pending("ack", read_up_to, room as u32).await {
                 Ok(pending) => {
                     for delivery in pending {
-                        if in_flight.contains_key(&delivery.id) {
-                            continue;
-                        }
-                        let Ok(permit) = permits.clone().try_acquire_owned() else {
-                            break;
-                        };
-                        in_flight.insert(delivery.id, ());
-                        let native = native.clone();
-                        let finished = finished_tx.clone();
-                        tokio::spawn(async move {
-                            let id = delivery.id;
-                            if native_ack(&delivery.event).is_ok() {
-                                let commit = Commit {
-                                    delivery_id: id,
-                                    handler: "ack".into(),
-                                    state_reads: Vec::new(),
-                                    state_writes: Vec::new(),
-                                    emitted: Vec::new(),
-                                };
-                                if let Err(err) = native.store.commit(commit).await {
-                                    eprintln!("native commit failed: {err:#}");
-                                }
-                            }
-                            drop(permit);
-                            let _ = finished.send(id);
-                        });
+                        read_up_to = read_up_to.max(delivery.id);
+                        waiting.push_back(delivery);
                     }
                 }
                 Err(err) => eprintln!("native pending read failed: {err:#}"),
             }
         }
+        while let Some(delivery) = waiting.pop_front() {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                waiting.push_front(delivery);
+                break;
+            };
+            running += 1;
+            let native = native.clone();
+            let finished = finished_tx.clone();
+            tokio::spawn(async move {
+                let id = delivery.id;
+                if native_ack(&delivery.event).is_ok() {
+                    let commit = Commit {
+                        delivery_id: id,
+                        handler: "ack".into(),
+                        state_reads: Vec::new(),
+                        state_writes: Vec::new(),
+                        emitted: Vec::new(),
+                    };
+                    if let Err(err) = native.store.commit(commit).await {
+                        eprintln!("native commit failed: {err:#}");
+                    }
+                }
+                drop(permit);
+                let _ = finished.send(id);
+            });
+        }
         tokio::select! {
-            Some(id) = finished_rx.recv() => {
-                in_flight.remove(&id);
-                while let Ok(id) = finished_rx.try_recv() {
-                    in_flight.remove(&id);
+            Some(_) = finished_rx.recv() => {
+                running -= 1;
+                while finished_rx.try_recv().is_ok() {
+                    running -= 1;
                 }
             }
             () = native.wake.notified() => {}
