@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow};
 use tokio::sync::Mutex;
 
 use crate::config::{HandlerSettings, Manifest};
-use crate::runtime::{DeployedHandler, Runtime, module_sha256};
+use crate::runtime::{Compiled, DeployedHandler, Runtime, module_sha256};
 use crate::scheduler::Scheduler;
 use crate::store::{Store, StoredVersion, VersionInfo};
 
@@ -205,16 +205,31 @@ impl Deployer {
                 ready.insert(spec.name.clone(), handler);
             }
         }
+        // Every other live version is compiled from the store, once per distinct module.
+        let mut modules: HashMap<String, Compiled> = HashMap::new();
         let mut handlers = Vec::new();
-        for stored in self.store().active_versions().await? {
-            let mut handler = match ready.remove(&stored.info.handler) {
-                Some(handler) if handler.version == stored.info.version => handler,
+        for info in self.store().active_versions().await? {
+            let mut handler = match ready.remove(&info.handler) {
+                Some(handler) if handler.version == info.version => handler,
                 _ => {
+                    if !modules.contains_key(&info.module_sha256) {
+                        let compiled = self.compile_stored_module(&info).await?;
+                        modules.insert(info.module_sha256.clone(), compiled);
+                    }
+                    let settings = stored_settings(&info)?;
                     let mut handler = self
-                        .compile_stored(&stored)
-                        .await
-                        .map_err(|err| anyhow!("{err}"))?;
-                    stamp(&mut handler, &stored.info);
+                        .scheduler
+                        .runtime()
+                        .link(
+                            &info.handler,
+                            &modules[&info.module_sha256],
+                            settings,
+                            String::new(),
+                        )
+                        .with_context(|| {
+                            format!("handler `{}` version {}", info.handler, info.version)
+                        })?;
+                    stamp(&mut handler, &info);
                     handler
                 }
             };
@@ -233,17 +248,29 @@ impl Deployer {
     }
 
     async fn compile_stored(&self, stored: &StoredVersion) -> Result<DeployedHandler, DeployError> {
-        let settings =
-            HandlerSettings::parse_toml(&stored.info.settings_toml, &stored.info.handler).map_err(
-                |err| {
-                    anyhow!(
-                        "stored settings of `{}` are invalid: {err}",
-                        stored.info.handler
-                    )
-                },
-            )?;
+        let settings = stored_settings(&stored.info)?;
         self.compile(&stored.info.handler, stored.module.clone(), settings)
             .await
+    }
+
+    /// Compile the module of a stored version, off the async threads.
+    async fn compile_stored_module(&self, info: &VersionInfo) -> Result<Compiled> {
+        let bytes = self
+            .store()
+            .module(&info.module_sha256)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "the module of `{}` version {} is missing",
+                    info.handler,
+                    info.version
+                )
+            })?;
+        let runtime = self.scheduler.runtime().clone();
+        tokio::task::spawn_blocking(move || runtime.compile(&bytes))
+            .await
+            .context("a compile panicked")?
+            .with_context(|| format!("handler `{}` version {}", info.handler, info.version))
     }
 
     /// Compile and type-check on the blocking pool: compiling takes milliseconds to
@@ -266,6 +293,12 @@ impl Deployer {
     pub fn source_of(&self, handler: &str) -> String {
         format!("/{}/{handler}", self.app)
     }
+}
+
+/// The settings a version was stored with.
+fn stored_settings(info: &VersionInfo) -> Result<HandlerSettings> {
+    HandlerSettings::parse_toml(&info.settings_toml, &info.handler)
+        .map_err(|err| anyhow!("stored settings of `{}` are invalid: {err}", info.handler))
 }
 
 /// Record on a compiled handler which stored version it is.

@@ -125,22 +125,30 @@ impl Store {
             .await
     }
 
-    /// The active version of every deployed handler, with its module.
-    pub async fn active_versions(&self) -> Result<Vec<StoredVersion>> {
+    /// The active version of every deployed handler (without module bytes: many handlers
+    /// may share one large module; fetch it once with [`Store::module`]).
+    pub async fn active_versions(&self) -> Result<Vec<VersionInfo>> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT v.handler, v.version, v.module_sha256, v.settings, v.deployed_at, m.bytes \
+                "SELECT v.handler, v.version, v.module_sha256, v.settings, v.deployed_at \
                  FROM handlers h JOIN handler_versions v \
                    ON v.handler = h.handler AND v.version = h.active_version \
-                 JOIN modules m ON m.sha256 = v.module_sha256 ORDER BY v.handler",
+                 ORDER BY v.handler",
             )?;
-            let rows = stmt.query_map([], |row| {
-                Ok(StoredVersion {
-                    info: version_from_row(row)?,
-                    module: row.get(5)?,
-                })
-            })?;
+            let rows = stmt.query_map([], version_from_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    /// A stored module's bytes.
+    pub async fn module(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        let sha256 = sha256.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT bytes FROM modules WHERE sha256 = ?1")?
+                .query_row(params![sha256], |row| row.get(0))
+                .optional()?)
         })
         .await
     }
