@@ -183,7 +183,10 @@ fn store(c: &mut Criterion) {
                             .append(routed(&format!("c{round}"), GROUP))
                             .await
                             .expect("appended");
-                        store.pending("ack", 0, GROUP as u32).await.expect("pending")
+                        store
+                            .pending("ack", 0, GROUP as u32)
+                            .await
+                            .expect("pending")
                     })
                 },
                 |pending| {
