@@ -49,7 +49,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Run only scenarios whose name contains this (repeatable): floor, ingest, e2e,
-        /// fanout, shop, idle, wasm.
+        /// fanout, shop, idle, ordering, deploy, wasm.
         #[arg(long)]
         only: Vec<String>,
         /// Seconds each in-process Wasm variant is measured.

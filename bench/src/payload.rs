@@ -58,6 +58,9 @@ impl Mode {
 pub enum Body {
     /// `{"n": N}` under the given type.
     Counter { ty: String },
+    /// `{"n": N}` under the given type, with the `partitionkey` extension cycling through
+    /// `keys` distinct values (`k0`, `k1`, ...): event N gets key `k{N % keys}`.
+    Keyed { ty: String, keys: u32 },
     /// The shop's PlaceOrder command (`com.example.shop.order.place.v1`) for order `o-N`,
     /// spread over `skus` SKUs, amount 25 (always paid), subject = the order id.
     PlaceOrder { skus: u32 },
@@ -85,6 +88,7 @@ struct Rendered {
     id: String,
     ty: String,
     subject: Option<String>,
+    partitionkey: Option<String>,
     data: String,
 }
 
@@ -96,6 +100,14 @@ impl Payload {
                 id,
                 ty: ty.clone(),
                 subject: None,
+                partitionkey: None,
+                data: format!("{{\"n\":{n}}}"),
+            },
+            Body::Keyed { ty, keys } => Rendered {
+                id,
+                ty: ty.clone(),
+                subject: None,
+                partitionkey: Some(format!("k{}", n % u64::from((*keys).max(1)))),
                 data: format!("{{\"n\":{n}}}"),
             },
             Body::PlaceOrder { skus } => {
@@ -108,6 +120,7 @@ impl Payload {
                         "{{\"order_id\":\"{order}\",\"sku\":\"sku-{sku}\",\"quantity\":1,\"amount\":25.0}}"
                     ),
                     subject: Some(order),
+                    partitionkey: None,
                 }
             }
         }
@@ -123,6 +136,9 @@ impl Payload {
         out.push('"');
         if let Some(subject) = &event.subject {
             let _ = write!(out, ",\"subject\":\"{subject}\"");
+        }
+        if let Some(key) = &event.partitionkey {
+            let _ = write!(out, ",\"partitionkey\":\"{key}\"");
         }
         out.push_str(",\"datacontenttype\":\"application/json\",\"data\":");
         out.push_str(&event.data);
@@ -147,6 +163,9 @@ impl Payload {
                     .header("ce-type", value(&event.ty));
                 if let Some(subject) = &event.subject {
                     builder = builder.header("ce-subject", value(subject));
+                }
+                if let Some(key) = &event.partitionkey {
+                    builder = builder.header("ce-partitionkey", value(key));
                 }
                 builder.body(Full::new(Bytes::from(event.data)))
             }
@@ -250,6 +269,15 @@ mod tests {
         assert_eq!(order.events[0].subject.as_deref(), Some("r1-o5"));
         assert_eq!(orders.order_number_of("r1-o5"), Some(5));
         assert_eq!(orders.number_of("r1-5"), Some(5));
+
+        let keyed = Body::Keyed {
+            ty: "bench.ack.v1".into(),
+            keys: 10,
+        };
+        let binary = decoded(&payload(Mode::Binary, keyed.clone()), 13).await;
+        assert_eq!(binary.events[0].extension("partitionkey"), Some("k3"));
+        let structured = decoded(&payload(Mode::Structured, keyed), 13).await;
+        assert_eq!(structured.events[0].extension("partitionkey"), Some("k3"));
     }
 
     #[test]

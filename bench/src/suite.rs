@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use evhost::config::Ordering;
 use hdrhistogram::Histogram;
 
 use crate::db::HostDb;
@@ -354,7 +355,65 @@ pub async fn run(options: &SuiteOptions) -> Result<Results> {
         server.stop().await;
     }
 
-    // 7. What one Wasm invocation costs, in process.
+    // 7. Ordering rules of one handler: unordered, per key (1, 10, 1000 keys), serial.
+    let orderings: [(&str, Ordering, u32); 5] = [
+        ("ordering/unordered", Ordering::Unordered, 1),
+        ("ordering/key 1", Ordering::Key, 1),
+        ("ordering/key 10", Ordering::Key, 10),
+        ("ordering/key 1000", Ordering::Key, 1000),
+        ("ordering/serial", Ordering::Serial, 1),
+    ];
+    for (name, ordering, keys) in orderings {
+        if !options.wants(name) {
+            continue;
+        }
+        eprintln!("{name}");
+        let manifest = ordering_manifest(options, name, ordering)?;
+        let server = spawn_host(options, name, &manifest, true).await?;
+        let flow = Flow::Deliveries {
+            ty: ACK_TYPE,
+            per_event: 1,
+        };
+        let body = Body::Keyed {
+            ty: ACK_TYPE.to_owned(),
+            keys,
+        };
+        let mut row = end_to_end(options, name, &server, Mode::Binary, body, &flow).await?;
+        row.note = format!("{}; {}", describe_ordering(ordering, keys), row.note);
+        let baseline = (ordering != Ordering::Unordered).then_some("ordering/unordered");
+        results.add(row, baseline);
+        server.stop().await;
+    }
+
+    // 8. Deploy to live: PUT /admin/handlers/{name} until the first event of its type is
+    //    committed, on a host with an empty compiled cache (cold), then the same module under
+    //    a second name (the compile hits the on-disk cache).
+    if options.wants("deploy/") {
+        let mut modules = vec![("ack".to_owned(), Some(options.guest("ack")), None)];
+        match python_ack(options).await {
+            Ok(path) => modules.push(("python-ack".to_owned(), Some(path), None)),
+            Err(why) => modules.push(("python-ack".to_owned(), None, Some(why))),
+        }
+        for (label, module, skipped) in modules {
+            let Some(module) = module else {
+                let why = skipped.unwrap_or_default();
+                eprintln!("deploy/{label}: skipped ({why})");
+                results
+                    .notes
+                    .push(format!("deploy/{label}: skipped: {why}"));
+                continue;
+            };
+            for row in deploy_to_live(options, &label, &module).await? {
+                let baseline = row
+                    .scenario
+                    .ends_with(" cached")
+                    .then(|| format!("deploy/{label} cold"));
+                results.add(row, baseline.as_deref());
+            }
+        }
+    }
+
+    // 9. What one Wasm invocation costs, in process.
     if options.wants("wasm") {
         eprintln!("wasm cost per invocation (in process)");
         let ack = options.guest("ack");
@@ -796,6 +855,236 @@ async fn end_to_end(
         errors,
         note,
     })
+}
+
+/// The ordering settings of an `ordering/*` row, for its note.
+fn describe_ordering(ordering: Ordering, keys: u32) -> String {
+    match ordering {
+        Ordering::Key => format!("ordering = \"key\", {keys} distinct partitionkey(s)"),
+        other => format!("ordering = \"{other}\""),
+    }
+}
+
+/// One `ack` handler named `ack` on the bench's type, with the given ordering (keyed by the
+/// `partitionkey` extension).
+fn ordering_manifest(options: &SuiteOptions, name: &str, ordering: Ordering) -> Result<PathBuf> {
+    let module = options.guest("ack");
+    let key = if ordering == Ordering::Key {
+        "key = \"partitionkey\"\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "[app]\nname = \"bench\"\n\n[[handler]]\nname = \"ack\"\nmodule = {module:?}\n\
+         subscribe = [\"{ACK_TYPE}\"]\nconcurrency = {}\nmax_pending = {BENCH_MAX_PENDING}\n\
+         ordering = \"{}\"\n{key}",
+        options.concurrency,
+        ordering.as_str(),
+    );
+    let path = options.work_dir.join(format!("{}.toml", slug(name)));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// How long the Python build may take before the Python deploy rows are skipped.
+const PYTHON_BUILD_TIMEOUT: Duration = Duration::from_secs(120);
+/// The event type the deployed handlers subscribe to.
+const DEPLOY_TYPE: &str = "bench.deploy.v1";
+/// How long one deploy may take to go live (a cold compile of a large component included).
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// target/python/ack.wasm, built (or found up to date) the way tests/polyglot.rs builds it:
+/// `python3 handlers/python/build.py ack` (`EVHOST_PYTHON` for another interpreter). The
+/// error says why the Python rows are skipped.
+async fn python_ack(options: &SuiteOptions) -> std::result::Result<PathBuf, String> {
+    let target = options
+        .guests_dir
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no target folder")?;
+    let workspace = target.parent().ok_or("no workspace folder")?;
+    let python = std::env::var("EVHOST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .arg(workspace.join("handlers/python/build.py"))
+        .arg("ack")
+        .current_dir(workspace)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let started = std::time::Instant::now();
+    let output = match tokio::time::timeout(PYTHON_BUILD_TIMEOUT, command.output()).await {
+        Err(_) => {
+            return Err(format!(
+                "`{python} handlers/python/build.py ack` took over {PYTHON_BUILD_TIMEOUT:?}"
+            ));
+        }
+        Ok(Err(err)) => return Err(format!("failed to run {python}: {err}")),
+        Ok(Ok(output)) => output,
+    };
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or_default().to_owned();
+        return Err(format!(
+            "handlers/python/build.py failed ({}): {last}",
+            output.status
+        ));
+    }
+    eprintln!(
+        "python3 handlers/python/build.py ack: {:.1?}",
+        started.elapsed()
+    );
+    let path = target.join("python/ack.wasm");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{path:?} missing after the build"))
+    }
+}
+
+/// A host with no handlers on a fresh data directory (so an empty compiled cache under
+/// `<data>/compiled`); `module` deployed as `{label}-cold`, then again as `{label}-cached`.
+/// Each row's rate is milliseconds from the start of the PUT to the first event's delivery
+/// seen `done`.
+async fn deploy_to_live(options: &SuiteOptions, label: &str, module: &Path) -> Result<Vec<Row>> {
+    let name = format!("deploy/{label}");
+    eprintln!("{name}");
+    let manifest = options.work_dir.join("empty.toml");
+    std::fs::write(&manifest, "[app]\nname = \"bench-deploy\"\n")?;
+    let data = options.work_dir.join(slug(&name));
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
+    std::fs::create_dir_all(&data)?;
+    let args: Vec<OsString> = vec![
+        "up".into(),
+        manifest.into(),
+        "--listen".into(),
+        "{addr}".into(),
+        "--data".into(),
+        data.into(),
+    ];
+    let log = options.work_dir.join(format!("{}.log", slug(&name)));
+    let server = Server::spawn(
+        &name,
+        &options.evhost_bin,
+        &args,
+        &[("EVHOST_LOG", options.host_log.as_str())],
+        log,
+    )
+    .await?;
+    let bytes = std::fs::read(module).with_context(|| format!("failed to read {module:?}"))?;
+    let client = reqwest::Client::builder().timeout(DEPLOY_TIMEOUT).build()?;
+    let mut rows = Vec::new();
+    for case in ["cold", "cached"] {
+        let handler = format!("{label}-{case}");
+        let (put, live) = deploy_once(&client, &server, &handler, &bytes).await?;
+        let cache = compile_cache(&client, &server).await.unwrap_or_default();
+        let usage = server.usage();
+        rows.push(Row {
+            scenario: format!("{name} {case}"),
+            unit: "ms to live",
+            rate: live.as_secs_f64() * 1e3,
+            latency: "PUT -> first commit",
+            peak_rss_mib: Some(usage.peak_rss_kib as f64 / 1024.0),
+            errors: "-".into(),
+            note: format!(
+                "{:.1} MiB module; PUT answered after {:.0} ms, first event committed {:.0} ms \
+                 later; compile cache so far: {cache}",
+                bytes.len() as f64 / 1024.0 / 1024.0,
+                put.as_secs_f64() * 1e3,
+                (live - put).as_secs_f64() * 1e3,
+            ),
+            ..Default::default()
+        });
+    }
+    server.stop().await;
+    Ok(rows)
+}
+
+/// PUT the module as `handler`, post one event of [`DEPLOY_TYPE`] after the 2xx, and poll the
+/// admin API until its delivery to `handler` is done. Returns (PUT answered, live), both from
+/// the start of the PUT.
+async fn deploy_once(
+    client: &reqwest::Client,
+    server: &Server,
+    handler: &str,
+    module: &[u8],
+) -> Result<(Duration, Duration)> {
+    let base = server.base_url();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "module",
+            reqwest::multipart::Part::bytes(module.to_vec()).file_name("module.wasm"),
+        )
+        .text("config", format!("subscribe = [\"{DEPLOY_TYPE}\"]\n"));
+    let started = std::time::Instant::now();
+    let response = client
+        .put(format!("{base}/admin/handlers/{handler}"))
+        .multipart(form)
+        .send()
+        .await?;
+    let put = started.elapsed();
+    if !response.status().is_success() {
+        bail!(
+            "PUT /admin/handlers/{handler} answered {}: {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        );
+    }
+    let id = format!("deploy-{handler}");
+    let response = client
+        .post(format!("{base}/events"))
+        .header("content-type", "application/json")
+        .header("ce-specversion", "1.0")
+        .header("ce-source", payload::SOURCE)
+        .header("ce-id", &id)
+        .header("ce-type", DEPLOY_TYPE)
+        .body("{}")
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("the first {DEPLOY_TYPE} answered {}", response.status());
+    }
+    let url = format!("{base}/admin/events?type={DEPLOY_TYPE}&limit=1000");
+    loop {
+        let listing: serde_json::Value = client.get(&url).send().await?.json().await?;
+        let done = listing["events"].as_array().is_some_and(|events| {
+            events.iter().any(|e| {
+                e["event"]["id"] == id.as_str()
+                    && e["deliveries"].as_array().is_some_and(|ds| {
+                        ds.iter()
+                            .any(|d| d["handler"] == handler && d["status"] == "done")
+                    })
+            })
+        });
+        if done {
+            return Ok((put, started.elapsed()));
+        }
+        if started.elapsed() > DEPLOY_TIMEOUT {
+            bail!("{handler} was not live after {DEPLOY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The host's compiled-cache lookups so far, from /metrics, e.g. `hit 1, miss 1`.
+async fn compile_cache(client: &reqwest::Client, server: &Server) -> Result<String> {
+    let text = client
+        .get(format!("{}/metrics", server.base_url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let parts: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("compile_cache_lookups") && !l.starts_with('#'))
+        .filter_map(|l| {
+            let result = l.split("result=\"").nth(1)?.split('"').next()?;
+            let value = l.rsplit(' ').next()?;
+            Some(format!("{result} {value}"))
+        })
+        .collect();
+    Ok(parts.join(", "))
 }
 
 pub fn fmt_us(us: Option<f64>) -> String {
