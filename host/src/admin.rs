@@ -47,14 +47,10 @@ pub(crate) async fn events(
     State(app): State<Arc<AppState>>,
     params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Query(params) = match params {
-        Ok(params) => params,
-        Err(rejection) => return bad_query(&rejection),
+    let (params, limit) = match page(params, |p| p.limit) {
+        Ok(page) => page,
+        Err(problem) => return problem,
     };
-    let limit = params.limit.unwrap_or(DEFAULT_EVENTS_LIMIT);
-    if limit == 0 || limit > MAX_EVENTS_LIMIT {
-        return bad_limit();
-    }
     let query = EventQuery {
         ty: params.ty,
         source: params.source,
@@ -128,14 +124,10 @@ pub(crate) async fn dead_letters(
     State(app): State<Arc<AppState>>,
     params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Query(params) = match params {
-        Ok(params) => params,
-        Err(rejection) => return bad_query(&rejection),
+    let (params, limit) = match page(params, |p| p.limit) {
+        Ok(page) => page,
+        Err(problem) => return problem,
     };
-    let limit = params.limit.unwrap_or(DEFAULT_EVENTS_LIMIT);
-    if limit == 0 || limit > MAX_EVENTS_LIMIT {
-        return bad_limit();
-    }
     let query = DeadLetterQuery {
         handler: params.handler,
         ty: params.ty,
@@ -249,6 +241,23 @@ fn dead_letter_json(letter: &DeadLetter) -> Value {
 
 fn no_dead_letter(id: i64) -> Response {
     Problem::not_found(format!("no dead letter with id {id}")).into_response()
+}
+
+/// A listing's parameters and its page size, or the 400 that says what is wrong with them.
+#[expect(
+    clippy::result_large_err,
+    reason = "the error is the HTTP answer itself, made at most once per request"
+)]
+fn page<T>(
+    params: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+    limit: impl Fn(&T) -> Option<u32>,
+) -> Result<(T, u32), Response> {
+    let Query(params) = params.map_err(|rejection| bad_query(&rejection))?;
+    let size = limit(&params).unwrap_or(DEFAULT_EVENTS_LIMIT);
+    if size == 0 || size > MAX_EVENTS_LIMIT {
+        return Err(bad_limit());
+    }
+    Ok((params, size))
 }
 
 fn bad_query(rejection: &axum::extract::rejection::QueryRejection) -> Response {
