@@ -34,7 +34,6 @@ use tokio::sync::oneshot;
 use crate::event::Event;
 
 pub use deployments::{StoredVersion, VersionInfo};
-pub use writer::WriteStats;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -299,11 +298,6 @@ impl Store {
     pub async fn dead_letters(&self, query: DeadLetterQuery) -> Result<Vec<DeadLetter>> {
         self.read(move |conn| schema::dead_letters(conn, &query))
             .await
-    }
-
-    /// Group-commit figures since the store opened.
-    pub fn write_stats(&self) -> WriteStats {
-        self.inner.writer.stats()
     }
 
     /// Up to `limit` pending deliveries of `handler` with an id above `after_id`, oldest

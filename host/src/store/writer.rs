@@ -7,8 +7,6 @@
 //! only then answers each request. Under load, many concurrent POSTs share one fsync; with a
 //! single client, a request waits for no one.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -71,37 +69,18 @@ where
     })
 }
 
-/// Group-commit figures: how many transactions, how many requests they carried, and the time
-/// spent committing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteStats {
-    pub transactions: u64,
-    pub requests: u64,
-    pub commit_micros: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    transactions: AtomicU64,
-    requests: AtomicU64,
-    commit_micros: AtomicU64,
-}
-
 pub(super) struct Writer {
     queue: mpsc::Sender<Job>,
-    counters: Arc<Counters>,
 }
 
 impl Writer {
     pub(super) fn spawn(conn: Connection, metrics: StoreMetrics) -> Result<Writer> {
         let (queue, requests) = mpsc::channel();
-        let counters = Arc::new(Counters::default());
-        let thread_counters = counters.clone();
         std::thread::Builder::new()
             .name("evhost-store-writer".into())
-            .spawn(move || run(conn, requests, &thread_counters, &metrics))
+            .spawn(move || run(conn, requests, &metrics))
             .context("failed to start the store writer thread")?;
-        Ok(Writer { queue, counters })
+        Ok(Writer { queue })
     }
 
     pub(super) fn send(&self, job: Job) -> Result<()> {
@@ -109,22 +88,9 @@ impl Writer {
             .send(job)
             .map_err(|_| anyhow!("the store writer stopped"))
     }
-
-    pub(super) fn stats(&self) -> WriteStats {
-        WriteStats {
-            transactions: self.counters.transactions.load(Ordering::Relaxed),
-            requests: self.counters.requests.load(Ordering::Relaxed),
-            commit_micros: self.counters.commit_micros.load(Ordering::Relaxed),
-        }
-    }
 }
 
-fn run(
-    mut conn: Connection,
-    requests: mpsc::Receiver<Job>,
-    counters: &Counters,
-    metrics: &StoreMetrics,
-) {
+fn run(mut conn: Connection, requests: mpsc::Receiver<Job>, metrics: &StoreMetrics) {
     // Ends when every `Store` handle is dropped.
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
@@ -137,13 +103,9 @@ fn run(
         let started = Instant::now();
         let size = group.len() as u64;
         let outcome = apply_group(&mut conn, group);
-        counters.transactions.fetch_add(1, Ordering::Relaxed);
-        counters.requests.fetch_add(size, Ordering::Relaxed);
-        let elapsed = started.elapsed();
-        counters
-            .commit_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-        metrics.commit_seconds.observe(elapsed.as_secs_f64());
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         metrics.commit_batch.observe(size as f64);
         match outcome {
             Ok(answers) => answers.into_iter().for_each(|a| a.send()),
