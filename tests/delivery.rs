@@ -1,7 +1,7 @@
 //! Delivery guarantees: retries with backoff, dead letters and their admin API, redrive after
 //! a fix, retry timers that survive a restart, and the event history that shows it all.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use evhost::config::Manifest;
 use evhost_tests::{TestHost, event, manifest};
@@ -31,18 +31,12 @@ async fn dead_letters(host: &TestHost, query: &str) -> Vec<Value> {
 }
 
 async fn wait_dead_letters(host: &TestHost, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let what = format!("{count} dead letters");
+    host.poll(&what, WAIT, || async {
         let letters = dead_letters(host, "").await;
-        if letters.len() >= count {
-            return letters;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {count} dead letters, have {letters:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        (letters.len() >= count).then_some(letters)
+    })
+    .await
 }
 
 /// The deliveries of the logged event with this id.

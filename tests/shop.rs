@@ -25,18 +25,12 @@ async fn order_events(host: &TestHost, order_id: &str) -> Vec<Value> {
 }
 
 async fn wait_for_type(host: &TestHost, order_id: &str, ty: &str) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    let what = format!("`{ty}` for {order_id}");
+    host.poll(&what, WAIT, || async {
         let events = order_events(host, order_id).await;
-        if let Some(found) = events.into_iter().find(|e| e["type"] == ty) {
-            return found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for `{ty}` for {order_id}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        events.into_iter().find(|e| e["type"] == ty)
+    })
+    .await
 }
 
 fn types(events: &[Value]) -> Vec<&str> {

@@ -225,15 +225,6 @@ impl TestHost {
         (self.manifest.clone(), self.take_data())
     }
 
-    /// Stop the host abruptly, as a crash would: no grace, nothing drained.
-    pub async fn crash(mut self) -> (Manifest, TempDir) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            drop(task.await);
-        }
-        (self.manifest.clone(), self.take_data())
-    }
-
     fn take_data(&mut self) -> TempDir {
         std::mem::replace(
             &mut self.data,
@@ -325,11 +316,11 @@ impl TestHost {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + timeout;
-        while !check().await {
-            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.poll(what, timeout, || {
+            let checked = check();
+            async move { checked.await.then_some(()) }
+        })
+        .await
     }
 
     /// Poll `probe` until it finds something; fail the test with `what` after `timeout`.
