@@ -293,23 +293,25 @@ impl Scheduler {
 
     /// New deliveries were appended for these handlers: count them and wake their workers.
     pub fn appended<'a>(&self, handlers: impl IntoIterator<Item = &'a str>) {
-        let slots = self.handlers.load();
-        for name in handlers {
-            if let Some(slot) = slots.get(name) {
-                slot.pending.fetch_add(1, AtomicOrdering::Relaxed);
-                slot.wake.notify_one();
-            }
-        }
+        self.now_pending(handlers, false);
     }
 
     /// Dead deliveries of these handlers were put back to pending: count them, and have the
     /// workers re-read their backlogs (the redriven ids are older than what they have read).
     pub fn redriven<'a>(&self, handlers: impl IntoIterator<Item = &'a str>) {
+        self.now_pending(handlers, true);
+    }
+
+    /// One more pending delivery per name given; wake each worker, asking for a full
+    /// re-read when the deliveries are not new ones.
+    fn now_pending<'a>(&self, handlers: impl IntoIterator<Item = &'a str>, rescan: bool) {
         let slots = self.handlers.load();
         for name in handlers {
             if let Some(slot) = slots.get(name) {
                 slot.pending.fetch_add(1, AtomicOrdering::Relaxed);
-                slot.rescan.store(true, AtomicOrdering::Relaxed);
+                if rescan {
+                    slot.rescan.store(true, AtomicOrdering::Relaxed);
+                }
                 slot.wake.notify_one();
             }
         }

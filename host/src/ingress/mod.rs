@@ -96,23 +96,6 @@ async fn ingest(
         }
     }
 
-    let targets: Vec<Vec<String>> = routed
-        .iter()
-        .map(|r| r.deliveries.iter().map(|d| d.handler.clone()).collect())
-        .collect();
-    // Only subscribed types get a label of their own: producers must not be able to grow
-    // the metric series without bound.
-    let type_labels: Vec<String> = routed
-        .iter()
-        .map(|r| match r.deliveries.is_empty() {
-            true => crate::metrics::OTHER_TYPE.to_owned(),
-            false => r.event.ty.clone(),
-        })
-        .collect();
-    let ids: Vec<(String, String)> = routed
-        .iter()
-        .map(|r| (r.event.source.clone(), r.event.id.clone()))
-        .collect();
     let appended = match scheduler.store().append(routed).await {
         Ok(appended) => appended,
         Err(err) => {
@@ -121,21 +104,28 @@ async fn ingest(
         }
     };
     let received = &app.scheduler.metrics().events_received;
-    for label in &type_labels {
-        received
-            .with_label_values(&[label.as_str(), decoded.mode.as_str()])
-            .inc();
-    }
     let mut accepted = Vec::with_capacity(appended.len());
-    for ((appended, handlers), (source, id)) in appended.iter().zip(&targets).zip(ids) {
-        if appended.is_new() {
-            scheduler.appended(handlers.iter().map(String::as_str));
+    for (routed, outcome) in &appended {
+        // Only subscribed types get a label of their own: producers must not be able to grow
+        // the metric series without bound.
+        let label = match routed.deliveries.is_empty() {
+            true => crate::metrics::OTHER_TYPE,
+            false => routed.event.ty.as_str(),
+        };
+        received
+            .with_label_values(&[label, decoded.mode.as_str()])
+            .inc();
+        if outcome.is_new() {
+            scheduler.appended(routed.deliveries.iter().map(|d| d.handler.as_str()));
         }
-        let (seq, duplicate) = match *appended {
+        let (seq, duplicate) = match *outcome {
             crate::store::Appended::New { seq } => (seq, false),
             crate::store::Appended::Duplicate { seq } => (seq, true),
         };
-        accepted.push(json!({"source": source, "id": id, "seq": seq, "duplicate": duplicate}));
+        let event = &routed.event;
+        accepted.push(
+            json!({"source": event.source, "id": event.id, "seq": seq, "duplicate": duplicate}),
+        );
     }
     let body = json!({"mode": decoded.mode.as_str(), "accepted": accepted});
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()

@@ -247,13 +247,14 @@ impl Store {
     }
 
     /// Append events (one request's worth: all or nothing) and their deliveries; returns once
-    /// durable.
-    pub async fn append(&self, events: Vec<Routed>) -> Result<Vec<Appended>> {
+    /// durable, handing each event back with what became of it.
+    pub async fn append(&self, events: Vec<Routed>) -> Result<Vec<(Routed, Appended)>> {
         self.write(move |tx, now| {
-            events
+            let outcomes = events
                 .iter()
                 .map(|routed| schema::append(tx, routed, None, now))
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            Ok(events.into_iter().zip(outcomes).collect())
         })
         .await
     }
