@@ -7,24 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use evhost::config::Manifest;
-use evhost_tests::{TestHost, event, manifest};
+use evhost_tests::{TestHost, event, manifest, one_handler_app};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn recorder_app(settings: &str) -> Manifest {
-    manifest(&format!(
-        r#"
-        [app]
-        name = "concurrency"
-
-        [[handler]]
-        name = "recorder"
-        module = "{{guests}}/recorder.wasm"
-        subscribe = ["test.ok.v1"]
-        {settings}
-        "#
-    ))
+    one_handler_app("recorder", "recorder", &["test.ok.v1"], settings)
 }
 
 fn keyed(id: &str, subject: &str, data: Value) -> Value {

@@ -4,25 +4,19 @@
 use std::time::Duration;
 
 use evhost::config::Manifest;
-use evhost_tests::{TestHost, event, manifest};
+use evhost_tests::{TestHost, event, one_handler_app};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// One handler named `worker` with `module` and these extra settings.
 fn worker_app(module: &str, settings: &str) -> Manifest {
-    manifest(&format!(
-        r#"
-        [app]
-        name = "delivery"
-
-        [[handler]]
-        name = "worker"
-        module = "{{guests}}/{module}.wasm"
-        subscribe = ["test.work.v1", "test.trap.v1"]
-        {settings}
-        "#
-    ))
+    one_handler_app(
+        "worker",
+        module,
+        &["test.work.v1", "test.trap.v1"],
+        settings,
+    )
 }
 
 async fn dead_letters(host: &TestHost, query: &str) -> Vec<Value> {
@@ -225,7 +219,7 @@ async fn the_history_links_each_delivery_to_the_events_it_caused() {
         .expect("the effect");
     assert_eq!(effect["event"]["type"], "test.effect.v1");
     assert_eq!(effect["event"]["causationid"], "cause-1");
-    assert_eq!(effect["event"]["source"], "/delivery/worker");
+    assert_eq!(effect["event"]["source"], "/test/worker");
     assert!(
         effect["deliveries"]
             .as_array()

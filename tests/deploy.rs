@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use evhost::config::Manifest;
-use evhost_tests::{TestHost, event, guest, manifest};
+use evhost_tests::{TestHost, event, guest, manifest, one_handler_app};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
@@ -17,19 +17,8 @@ const WAIT: Duration = Duration::from_secs(30);
 const START_MARGIN: Duration = Duration::from_millis(200);
 
 fn labelled_app(label: &str) -> Manifest {
-    manifest(&format!(
-        r#"
-        [app]
-        name = "deploys"
-
-        [[handler]]
-        name = "worker"
-        module = "{{guests}}/recorder.wasm"
-        subscribe = ["test.work.v1"]
-        concurrency = 4
-        config = {{ label = "{label}" }}
-        "#
-    ))
+    let settings = format!("concurrency = 4\nconfig = {{ label = \"{label}\" }}");
+    one_handler_app("worker", "recorder", &["test.work.v1"], &settings)
 }
 
 fn settings(label: &str, subscribe: &[&str]) -> String {

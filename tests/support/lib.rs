@@ -105,6 +105,17 @@ pub fn manifest(toml: &str) -> Manifest {
         .unwrap_or_else(|err| panic!("test manifest is invalid:\n{err}"))
 }
 
+/// An app of one handler `name` running guest `module`, subscribed to `subscribe`, with
+/// `settings` (more `[[handler]]` keys, one per line) added.
+pub fn one_handler_app(name: &str, module: &str, subscribe: &[&str], settings: &str) -> Manifest {
+    let types: Vec<String> = subscribe.iter().map(|t| format!("{t:?}")).collect();
+    manifest(&format!(
+        "[app]\nname = \"test\"\n\n[[handler]]\nname = \"{name}\"\n\
+         module = \"{{guests}}/{module}.wasm\"\nsubscribe = [{}]\n{settings}\n",
+        types.join(", ")
+    ))
+}
+
 /// Compiled components shared by every test's host, so that each process compiles each
 /// guest at most once and later runs load it from disk.
 fn shared_cache_dir() -> PathBuf {
