@@ -173,14 +173,17 @@ impl Deployer {
         manifest: Option<&Manifest>,
         compiled: Vec<DeployedHandler>,
     ) -> Result<()> {
+        // The manifest's handlers, already compiled: a live version with the same module
+        // and settings uses them instead of compiling again from the store.
         let mut ready: HashMap<String, DeployedHandler> = HashMap::new();
         if let Some(manifest) = manifest {
-            for (spec, mut handler) in manifest.handlers.iter().zip(compiled) {
+            for (spec, handler) in manifest.handlers.iter().zip(compiled) {
                 // What the manifest said at the last start. Deploy only when that changed, so
                 // that a version deployed over the API is not undone by every restart.
                 let said = format!("{}\n{}", handler.module_sha256, spec.settings.to_toml());
                 let key = format!("manifest/{}", spec.name);
                 if self.store().meta(&key).await?.as_deref() == Some(said.as_str()) {
+                    ready.insert(spec.name.clone(), handler);
                     continue;
                 }
                 let module = std::fs::read(&spec.module).with_context(|| {
@@ -201,7 +204,6 @@ impl Deployer {
                     version = info.version,
                     "deployed from the manifest"
                 );
-                stamp(&mut handler, &info);
                 ready.insert(spec.name.clone(), handler);
             }
         }
@@ -210,7 +212,13 @@ impl Deployer {
         let mut handlers = Vec::new();
         for info in self.store().active_versions().await? {
             let mut handler = match ready.remove(&info.handler) {
-                Some(handler) if handler.version == info.version => handler,
+                Some(mut handler)
+                    if handler.module_sha256 == info.module_sha256
+                        && handler.settings.to_toml() == info.settings_toml =>
+                {
+                    stamp(&mut handler, &info);
+                    handler
+                }
                 _ => {
                     if !modules.contains_key(&info.module_sha256) {
                         let compiled = self.compile_stored_module(&info).await?;
