@@ -67,15 +67,6 @@ impl RouteTable {
             .unwrap_or_default();
         Routed { event, deliveries }
     }
-
-    /// The handlers subscribed to `ty`.
-    pub fn subscribers(&self, ty: &str) -> impl Iterator<Item = &str> {
-        self.by_type
-            .get(ty)
-            .into_iter()
-            .flatten()
-            .map(|s| s.handler.as_str())
-    }
 }
 
 /// The key that orders `event` for one handler. `serial` puts every event under one key;

@@ -83,13 +83,6 @@ pub struct Compiled {
     sha256: String,
 }
 
-impl Compiled {
-    /// The module's SHA-256, hex.
-    pub fn sha256(&self) -> &str {
-        &self.sha256
-    }
-}
-
 /// Bytes in a Wasm page.
 const WASM_PAGE_BYTES: u64 = 64 * 1024;
 
