@@ -1096,7 +1096,12 @@ async fn check(
         let root = parent["correlationid"]
             .as_str()
             .unwrap_or(text(parent, "id"));
-        let expected_id = emitted_id(text(parent, "source"), text(parent, "id"), handler, 0);
+        let expected_id = emitted_id(
+            text(parent, "source"),
+            text(parent, "id"),
+            &evhost::name::HandlerName::new(handler).expect("a handler name"),
+            0,
+        );
         if !emits(handler, text(parent, "type")).contains(&ty)
             || id != expected_id
             || text(event, "correlationid") != root

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use evhost::config::HandlerSettings;
+use evhost::name::HandlerName;
 use evhost::runtime::{Runtime, RuntimeOptions};
 use evhost_tests::{
     TestHost, event, evhost_binary, guest, guests_dir, manifest, place_order, stock_added,
@@ -79,9 +80,10 @@ fn polyglot_built() -> &'static Path {
             "js/notification",
         ] {
             let path = target.join(format!("{module}.wasm"));
+            let bytes = std::fs::read(&path).unwrap_or_else(|err| panic!("{path:?}: {err}"));
             runtime
-                .load(module, &path, HandlerSettings::default(), "/warm".into())
-                .unwrap_or_else(|err| panic!("{module} does not load: {err:#}"));
+                .compile(&bytes)
+                .unwrap_or_else(|err| panic!("{module} does not compile: {err:#}"));
         }
         eprintln!(
             "compile the Python and JavaScript handlers: {:.1?}",
@@ -554,8 +556,10 @@ async fn polyglot_cost() {
         };
         let load = |runtime: &Runtime| {
             let started = Instant::now();
+            let bytes = std::fs::read(&module).expect("the module");
+            let name = HandlerName::new("bench").expect("a name");
             let handler = runtime
-                .load(name, &module, HandlerSettings::default(), "/bench".into())
+                .standalone(&name, &bytes, HandlerSettings::default())
                 .expect("the module loads");
             (handler, started.elapsed())
         };
@@ -567,23 +571,18 @@ async fn polyglot_cost() {
         let runtime = Runtime::new(&options).expect("a runtime");
         let (handler, cached) = tokio::task::block_in_place(|| load(&runtime));
 
-        let event = evhost::event::Event {
-            id: "bench-0".into(),
-            source: "/bench".into(),
-            ty: "com.example.shop.order.placed.v1".into(),
-            datacontenttype: Some("application/json".into()),
-            dataschema: None,
-            subject: Some("o-1".into()),
-            time: None,
-            extensions: Default::default(),
-            data: Some(br#"{"order_id": "o-1", "sku": "sku-1", "quantity": 1}"#.to_vec()),
-        };
+        let event =
+            evhost::event::Event::builder("bench-0", "/bench", "com.example.shop.order.placed.v1")
+                .subject("o-1")
+                .json(&json!({"order_id": "o-1", "sku": "sku-1", "quantity": 1}))
+                .build()
+                .expect("a valid event");
         let mut timings = Vec::with_capacity(events);
         let mut first = Duration::ZERO;
         for i in 0..events + 20 {
             let started = Instant::now();
             runtime
-                .invoke(&handler, &event, store.state_reader(name))
+                .invoke(&handler, &event, store.state_reader(handler.name()))
                 .await
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
             let took = started.elapsed();

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use evhost::store::{Commit, Durability, NewDelivery, Routed, Store};
+use evhost::name::HandlerName;
+use evhost::router::{NewDelivery, Routed};
+use evhost::store::{Commit, Durability, Store};
 use evhost_bench::payload::{Body, Mode, Payload};
 use evhost_bench::wasm::{Bare, EngineVariant, HostInvoke, sample_event, to_wit};
 use http_body_util::BodyExt as _;
@@ -127,16 +129,20 @@ fn invoke(c: &mut Criterion) {
     group.finish();
 }
 
+fn ack() -> HandlerName {
+    HandlerName::new("ack").expect("a valid name")
+}
+
 /// `GROUP` events, each with one delivery to `ack`.
 fn routed(prefix: &str, n: usize) -> Vec<Routed> {
     (0..n)
         .map(|i| {
-            let mut event = sample_event();
-            event.id = format!("{prefix}-{i}");
+            let mut event = sample_event().into_builder();
+            event.id = Some(format!("{prefix}-{i}"));
             Routed {
-                event,
+                event: event.build().expect("a valid event"),
                 deliveries: vec![NewDelivery {
-                    handler: "ack".into(),
+                    handler: ack(),
                     ordering_key: None,
                 }],
             }
@@ -184,7 +190,7 @@ fn store(c: &mut Criterion) {
                             .await
                             .expect("appended");
                         store
-                            .pending("ack", 0, GROUP as u32)
+                            .pending(&ack(), 0, GROUP as u32)
                             .await
                             .expect("pending")
                     })
@@ -198,7 +204,7 @@ fn store(c: &mut Criterion) {
                                 store
                                     .commit(Commit {
                                         delivery_id: delivery.id,
-                                        handler: "ack".into(),
+                                        handler: ack(),
                                         state_reads: Vec::new(),
                                         state_writes: Vec::new(),
                                         emitted: Vec::new(),

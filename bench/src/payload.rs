@@ -253,20 +253,17 @@ mod tests {
         };
         let binary = decoded(&payload(Mode::Binary, counter.clone()), 7).await;
         assert_eq!(binary.events.len(), 1);
-        assert_eq!(binary.events[0].id, "r1-7");
+        assert_eq!(binary.events[0].id(), "r1-7");
         let structured = decoded(&payload(Mode::Structured, counter.clone()), 7).await;
-        assert_eq!(structured.events[0].id, "r1-7");
-        assert_eq!(
-            structured.events[0].data.as_deref(),
-            Some(&b"{\"n\":7}"[..])
-        );
+        assert_eq!(structured.events[0].id(), "r1-7");
+        assert_eq!(structured.events[0].data(), Some(&b"{\"n\":7}"[..]));
         let batch = decoded(&payload(Mode::Batch(3), counter), 2).await;
-        let ids: Vec<_> = batch.events.iter().map(|e| e.id.as_str()).collect();
+        let ids: Vec<_> = batch.events.iter().map(|e| e.id()).collect();
         assert_eq!(ids, ["r1-6", "r1-7", "r1-8"]);
 
         let orders = payload(Mode::Binary, Body::PlaceOrder { skus: 4 });
         let order = decoded(&orders, 5).await;
-        assert_eq!(order.events[0].subject.as_deref(), Some("r1-o5"));
+        assert_eq!(order.events[0].subject(), Some("r1-o5"));
         assert_eq!(orders.order_number_of("r1-o5"), Some(5));
         assert_eq!(orders.number_of("r1-5"), Some(5));
 

@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use evhost::config::{KeySource, Ordering};
 use evhost::ingress::binding;
+use evhost::name::HandlerName;
 use evhost::router::RouteTable;
 use evhost::store::{Commit, Durability, Store};
 use serde_json::json;
@@ -54,7 +55,7 @@ fn accepted(decoded: &binding::Decoded) -> Response {
     let accepted: Vec<_> = decoded
         .events
         .iter()
-        .map(|e| json!({"source": e.source, "id": e.id, "duplicate": false}))
+        .map(|e| json!({"source": e.source(), "id": e.id(), "duplicate": false}))
         .collect();
     let body = json!({"mode": decoded.mode.as_str(), "accepted": accepted});
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
@@ -71,6 +72,7 @@ async fn serve(addr: SocketAddr, app: Router) -> Result<()> {
 struct Native {
     store: Store,
     routes: RouteTable,
+    handler: HandlerName,
     wake: Notify,
 }
 
@@ -83,9 +85,10 @@ pub async fn serve_native(
     concurrency: usize,
 ) -> Result<()> {
     let store = Store::open(data_dir, durability)?;
+    let handler = HandlerName::new("ack")?;
     let mut routes = RouteTable::default();
     routes.subscribe(
-        "ack",
+        &handler,
         &[ACK_TYPE.to_owned()],
         Ordering::Unordered,
         KeySource::PartitionKey,
@@ -93,6 +96,7 @@ pub async fn serve_native(
     let native = Arc::new(Native {
         store,
         routes,
+        handler,
         wake: Notify::new(),
     });
     tokio::spawn(worker(native.clone(), concurrency));
@@ -147,7 +151,11 @@ async fn worker(native: Arc<Native>, concurrency: usize) {
     loop {
         let room = (WINDOW as usize).saturating_sub(waiting.len() + running);
         if room > 0 {
-            match native.store.pending("ack", read_up_to, room as u32).await {
+            match native
+                .store
+                .pending(&native.handler, read_up_to, room as u32)
+                .await
+            {
                 Ok(pending) => {
                     for delivery in pending {
                         read_up_to = read_up_to.max(delivery.id);
@@ -170,7 +178,7 @@ async fn worker(native: Arc<Native>, concurrency: usize) {
                 if native_ack(&delivery.event).is_ok() {
                     let commit = Commit {
                         delivery_id: id,
-                        handler: "ack".into(),
+                        handler: native.handler.clone(),
                         state_reads: Vec::new(),
                         state_writes: Vec::new(),
                         emitted: Vec::new(),

@@ -473,12 +473,10 @@ async fn warm_cache(options: &SuiteOptions) -> Result<()> {
             cache_dir: Some(cache),
         })?;
         for guest in guests {
-            let settings = evhost::config::HandlerSettings {
-                subscribe: vec!["bench.warm.v1".into()],
-                ..Default::default()
-            };
+            let bytes =
+                std::fs::read(&guest).with_context(|| format!("failed to read {guest:?}"))?;
             runtime
-                .load("warm", &guest, settings, "/bench".into())
+                .compile(&bytes)
                 .with_context(|| format!("failed to compile {guest:?}"))?;
         }
         Ok(())

@@ -256,35 +256,28 @@ impl Bare {
 
 /// The event every variant handles: what the ingest scenarios post.
 pub fn sample_event() -> evhost::event::Event {
-    evhost::event::Event {
-        id: "bench-1".into(),
-        source: "/bench".into(),
-        ty: crate::servers::ACK_TYPE.into(),
-        datacontenttype: Some("application/json".into()),
-        dataschema: None,
-        subject: None,
-        time: None,
-        extensions: Default::default(),
-        data: Some(b"{\"n\":1}".to_vec()),
-    }
+    evhost::event::Event::builder("bench-1", "/bench", crate::servers::ACK_TYPE)
+        .data(Some("application/json"), b"{\"n\":1}".to_vec())
+        .build()
+        .expect("a valid event")
 }
 
 pub fn to_wit(event: &evhost::event::Event) -> WitEvent {
     WitEvent {
-        id: event.id.clone(),
-        source: event.source.clone(),
+        id: event.id().to_owned(),
+        source: event.source().to_owned(),
         specversion: "1.0".into(),
-        type_: event.ty.clone(),
-        datacontenttype: event.datacontenttype.clone(),
-        dataschema: event.dataschema.clone(),
-        subject: event.subject.clone(),
-        time: event.time.clone(),
+        type_: event.ty().to_owned(),
+        datacontenttype: event.datacontenttype().map(str::to_owned),
+        dataschema: event.dataschema().map(str::to_owned),
+        subject: event.subject().map(str::to_owned),
+        time: event.time().map(str::to_owned),
         extensions: event
-            .extensions
+            .extensions()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        data: event.data.clone(),
+        data: event.data().map(<[u8]>::to_vec),
     }
 }
 
@@ -306,7 +299,9 @@ impl HostInvoke {
             subscribe: vec![ty.to_owned()],
             ..Default::default()
         };
-        let handler = runtime.load(name, wasm, settings, format!("/bench/{name}"))?;
+        let bytes = std::fs::read(wasm).with_context(|| format!("failed to read {wasm:?}"))?;
+        let handler =
+            runtime.standalone(&evhost::name::HandlerName::new(name)?, &bytes, settings)?;
         Ok(HostInvoke {
             runtime,
             handler,
@@ -316,7 +311,7 @@ impl HostInvoke {
     }
 
     pub async fn invoke(&self, event: &evhost::event::Event) -> Result<()> {
-        let reader = self.store.state_reader(&self.handler.name);
+        let reader = self.store.state_reader(self.handler.name());
         self.runtime
             .invoke(&self.handler, event, reader)
             .await
@@ -429,16 +424,18 @@ pub async fn measure_all(
         rows.push(
             measure(name, each, || {
                 n += 1;
-                let mut event = sample_event();
-                event.id = format!("order-{n}");
-                event.ty = crate::payload::PLACE_ORDER.into();
-                event.subject = Some(format!("o-{n}"));
-                event.data = Some(
-                    format!(
-                        "{{\"order_id\":\"o-{n}\",\"sku\":\"sku-1\",\"quantity\":1,\"amount\":25.0}}"
-                    )
-                    .into_bytes(),
+                let data = format!(
+                    "{{\"order_id\":\"o-{n}\",\"sku\":\"sku-1\",\"quantity\":1,\"amount\":25.0}}"
                 );
+                let event = evhost::event::Event::builder(
+                    format!("order-{n}"),
+                    "/bench",
+                    crate::payload::PLACE_ORDER,
+                )
+                .subject(format!("o-{n}"))
+                .data(Some("application/json"), data.into_bytes())
+                .build()
+                .expect("a valid event");
                 let host = &host;
                 async move { host.invoke(&event).await }
             })

@@ -1,37 +1,172 @@
-//! The admin API: the event log, handler state, deployed handlers, dead letters.
+//! The admin API: the event log, handler state, deployed handlers, dead letters, metrics.
 //!
-//! Reads go to the store and the scheduler. Changes go through their owners: deploys,
-//! rollbacks and removals through the [`Deployer`](crate::deploy::Deployer); a dead-letter
-//! redrive puts the delivery back to pending through the store and wakes the handler's
-//! worker, a delete discards it. When a token is configured, every route here requires it.
+//! Reads go to the store and the live set. Changes go through their owners: deploys,
+//! rollbacks and removals are plans for the [`Deployer`]; a dead-letter redrive puts the
+//! delivery back to pending through the store and asks the handler's worker to re-read its
+//! backlog; a delete discards it. Answers are the types of [`crate::api`]; every failure is an
+//! [`AdminError`], which answers as problem+json. When a token is configured, every
+//! `/admin/*` route requires it.
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{Value, json};
-
-use axum::extract::Multipart;
 use subtle::ConstantTimeEq;
 
-use crate::AppState;
+use crate::api::{
+    AttemptView, DeadLetterPage, DeadLetterView, DeliveryView, DeployAnswer, EventsPage,
+    HandlerList, HandlerView, LoggedEventView, RedriveAnswer, RemoveAnswer, RollbackAnswer,
+    VersionView, rfc3339,
+};
 use crate::config::HandlerSettings;
-use crate::deploy::DeployError;
+use crate::deploy::{Change, DeployError, Deployer};
 use crate::ingress::problem::Problem;
-use crate::scheduler::HandlerSlot;
-use crate::store::{DeadLetter, DeadLetterQuery, EventQuery, LoggedEvent, RedriveTarget};
+use crate::live::{Live, LiveHandler};
+use crate::metrics::Metrics;
+use crate::name::HandlerName;
+use crate::runtime::Runtime;
+use crate::store::{
+    DeadLetter, DeadLetterQuery, DeliveryStatus, EventQuery, LoggedEvent, Origin, RedriveTarget,
+    Store, StoreError, StoreErrorKind,
+};
 
 /// Events one `GET /admin/events` returns when `limit` is not given.
 const DEFAULT_EVENTS_LIMIT: u32 = 100;
 /// The most events one `GET /admin/events` returns.
 const MAX_EVENTS_LIMIT: u32 = 1000;
 
+/// The largest module a deploy accepts: interpreted languages ship their runtime inside
+/// the component (a Python handler is tens of MB).
+pub const MAX_MODULE_BYTES: usize = 256 << 20;
+
+/// What the admin API reads and changes.
+pub struct AdminState {
+    pub live: Arc<Live>,
+    pub store: Store,
+    pub deployer: Arc<Deployer>,
+    pub metrics: Arc<Metrics>,
+    pub runtime: Arc<Runtime>,
+    /// When set, `/admin/*` requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// `/admin/*` (behind the token) and `/metrics`.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let admin = Router::new()
+        .route("/admin/events", get(events))
+        .route("/admin/handlers", get(handlers))
+        .route(
+            "/admin/handlers/{name}",
+            get(handler)
+                .put(deploy)
+                .delete(remove)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+        )
+        .route("/admin/handlers/{name}/rollback", post(rollback))
+        .route("/admin/state/{handler}/{*key}", get(state_value))
+        .route("/admin/deadletters", get(dead_letters))
+        .route("/admin/deadletters/redrive", post(redrive_all))
+        .route("/admin/deadletters/{id}", get(dead_letter).delete(discard))
+        .route("/admin/deadletters/{id}/redrive", post(redrive))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    admin.route("/metrics", get(metrics)).with_state(state)
+}
+
+/// Why an admin request failed; each kind answers with one status, in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A plan with several problems: each is listed under `problems` too.
+    #[error(transparent)]
+    Deploy(DeployError),
+    /// A limit or filter of a listing is out of range.
+    #[error("{detail}")]
+    BadParameter {
+        parameter: &'static str,
+        detail: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The host's own failure; the client gets a generic answer, the log the cause.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DeployError> for AdminError {
+    fn from(err: DeployError) -> Self {
+        match err {
+            DeployError::NotFound(_) => AdminError::NotFound(err.to_string()),
+            DeployError::NoEarlierVersion(_) => AdminError::Conflict(err.to_string()),
+            DeployError::Store(err) => AdminError::Store(err),
+            DeployError::Invalid(_) => AdminError::Deploy(err),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        match self {
+            AdminError::NotFound(detail) => Problem::not_found(detail).into_response(),
+            AdminError::BadRequest(detail) => Problem::new(StatusCode::BAD_REQUEST)
+                .with_detail(detail)
+                .into_response(),
+            AdminError::Conflict(detail) => Problem::new(StatusCode::CONFLICT)
+                .with_detail(detail)
+                .into_response(),
+            AdminError::Deploy(err) => {
+                let problems = match &err {
+                    DeployError::Invalid(problems) => problems.clone(),
+                    _ => Vec::new(),
+                };
+                Problem::new(StatusCode::BAD_REQUEST)
+                    .with_detail(err.to_string())
+                    .with_member("problems", problems)
+                    .into_response()
+            }
+            AdminError::BadParameter { parameter, detail } => Problem::new(StatusCode::BAD_REQUEST)
+                .with_detail(detail)
+                .with_member("parameter", parameter)
+                .into_response(),
+            AdminError::Internal(cause) => {
+                tracing::error!(error = cause, "an admin request failed");
+                Problem::internal().into_response()
+            }
+            AdminError::Store(err) => match err.kind() {
+                StoreErrorKind::Full | StoreErrorKind::Busy => {
+                    tracing::warn!(error = %err, "the store is unavailable");
+                    Problem::service_unavailable(
+                        Some(std::time::Duration::from_secs(1)),
+                        "the store is unavailable now",
+                    )
+                    .into_response()
+                }
+                StoreErrorKind::Broken => {
+                    tracing::error!(error = %err, "an admin request failed");
+                    Problem::internal().into_response()
+                }
+            },
+        }
+    }
+}
+
+type Answer<T> = Result<Json<T>, AdminError>;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct EventsParams {
+struct EventsParams {
     #[serde(rename = "type")]
     ty: Option<String>,
     source: Option<String>,
@@ -43,14 +178,11 @@ pub(crate) struct EventsParams {
 /// `GET /admin/events?type=&source=&subject=&after=&limit=`: the log, oldest first. Each
 /// item is the event in the CloudEvents JSON format with its log position and deliveries;
 /// `next_after` continues the listing.
-pub(crate) async fn events(
-    State(app): State<Arc<AppState>>,
-    params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let (params, limit) = match page(params, |p| p.limit) {
-        Ok(page) => page,
-        Err(problem) => return problem,
-    };
+async fn events(
+    State(app): State<Arc<AdminState>>,
+    params: Result<Query<EventsParams>, QueryRejection>,
+) -> Answer<EventsPage> {
+    let (params, limit) = page(params, |p| p.limit)?;
     let query = EventQuery {
         ty: params.ty,
         source: params.source,
@@ -58,60 +190,42 @@ pub(crate) async fn events(
         after: params.after,
         limit,
     };
-    match app.scheduler.store().events(query).await {
-        Ok(events) => {
-            let next_after = events.last().map(|e| e.seq).or(params.after);
-            let events: Vec<Value> = events.iter().map(logged_event_json).collect();
-            Json(json!({"events": events, "next_after": next_after})).into_response()
-        }
-        Err(err) => internal("failed to read the event log", &err),
-    }
+    let events = app.store.events(query).await?;
+    let next_after = events.last().map(|e| e.seq).or(params.after);
+    Ok(Json(EventsPage {
+        events: events.iter().map(logged_event_view).collect(),
+        next_after,
+    }))
 }
 
-fn logged_event_json(logged: &LoggedEvent) -> Value {
-    let deliveries: Vec<Value> = logged
+fn logged_event_view(logged: &LoggedEvent) -> LoggedEventView {
+    let deliveries = logged
         .deliveries
         .iter()
-        .map(|d| {
-            // A pending delivery that already failed is waiting for its next attempt.
-            let status = if d.status == "pending" && d.attempts > 0 {
-                "retrying"
-            } else {
-                d.status.as_str()
-            };
-            let mut delivery = json!({
-                "id": d.id,
-                "handler": d.handler,
-                "status": status,
-                "attempts": d.attempts,
-                "last_error": d.last_error,
-                "caused": d.caused,
-            });
-            if status == "retrying" {
-                delivery["next_attempt_at"] = json!(rfc3339(d.not_before_ms));
-            }
-            if d.redrives > 0 {
-                delivery["redrives"] = json!(d.redrives);
-            }
-            delivery
+        .map(|d| DeliveryView {
+            id: d.id,
+            handler: d.handler.clone(),
+            status: d.status,
+            attempts: d.attempts,
+            last_error: d.last_error.clone(),
+            caused: d.caused.clone(),
+            next_attempt_at: (d.status == DeliveryStatus::Retrying)
+                .then(|| rfc3339(d.not_before_ms))
+                .flatten(),
+            redrives: d.redrives,
         })
         .collect();
-    json!({
-        "seq": logged.seq,
-        "received_at": rfc3339(logged.received_at_ms),
-        "event": logged.event.to_json(),
-        "deliveries": deliveries,
-    })
-}
-
-fn rfc3339(unix_ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(unix_ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    LoggedEventView {
+        seq: logged.seq,
+        received_at: rfc3339(logged.received_at_ms),
+        event: logged.event.to_json(),
+        deliveries,
+    }
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct DeadLetterParams {
+struct DeadLetterParams {
     handler: Option<String>,
     #[serde(rename = "type")]
     ty: Option<String>,
@@ -120,14 +234,11 @@ pub(crate) struct DeadLetterParams {
 }
 
 /// `GET /admin/deadletters?handler=&type=&after=&limit=`: dead letters, oldest first.
-pub(crate) async fn dead_letters(
-    State(app): State<Arc<AppState>>,
-    params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let (params, limit) = match page(params, |p| p.limit) {
-        Ok(page) => page,
-        Err(problem) => return problem,
-    };
+async fn dead_letters(
+    State(app): State<Arc<AdminState>>,
+    params: Result<Query<DeadLetterParams>, QueryRejection>,
+) -> Answer<DeadLetterPage> {
+    let (params, limit) = page(params, |p| p.limit)?;
     let query = DeadLetterQuery {
         handler: params.handler,
         ty: params.ty,
@@ -135,364 +246,367 @@ pub(crate) async fn dead_letters(
         after: params.after,
         limit,
     };
-    match app.scheduler.store().dead_letters(query).await {
-        Ok(letters) => {
-            let next_after = letters.last().map(|l| l.id).or(params.after);
-            let letters: Vec<Value> = letters.iter().map(dead_letter_json).collect();
-            Json(json!({"deadletters": letters, "next_after": next_after})).into_response()
-        }
-        Err(err) => internal("failed to read dead letters", &err),
-    }
+    let letters = app.store.dead_letters(query).await?;
+    let next_after = letters.last().map(|l| l.id).or(params.after);
+    Ok(Json(DeadLetterPage {
+        deadletters: letters.iter().map(dead_letter_view).collect(),
+        next_after,
+    }))
 }
 
 /// `GET /admin/deadletters/{id}`: one dead letter with every error.
-pub(crate) async fn dead_letter(State(app): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
+async fn dead_letter(
+    State(app): State<Arc<AdminState>>,
+    Path(id): Path<i64>,
+) -> Answer<DeadLetterView> {
     let query = DeadLetterQuery {
         id: Some(id),
         limit: 1,
         ..DeadLetterQuery::default()
     };
-    match app.scheduler.store().dead_letters(query).await {
-        Ok(letters) => match letters.first() {
-            Some(letter) => Json(dead_letter_json(letter)).into_response(),
-            None => no_dead_letter(id),
-        },
-        Err(err) => internal("failed to read dead letters", &err),
-    }
+    let letters = app.store.dead_letters(query).await?;
+    letters
+        .first()
+        .map(|letter| Json(dead_letter_view(letter)))
+        .ok_or_else(|| no_dead_letter(id))
 }
 
 /// `POST /admin/deadletters/{id}/redrive`: deliver it again, with a fresh attempt count.
-pub(crate) async fn redrive(State(app): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
-    redrive_target(&app, RedriveTarget::Delivery(id)).await
+async fn redrive(State(app): State<Arc<AdminState>>, Path(id): Path<i64>) -> Answer<RedriveAnswer> {
+    let redriven = redrive_target(&app, RedriveTarget::Delivery(id)).await?;
+    if redriven == 0 {
+        return Err(no_dead_letter(id));
+    }
+    Ok(Json(RedriveAnswer { redriven }))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RedriveAllParams {
+struct RedriveAllParams {
     handler: String,
 }
 
 /// `POST /admin/deadletters/redrive?handler=NAME`: redrive every dead letter of a handler.
-pub(crate) async fn redrive_all(
-    State(app): State<Arc<AppState>>,
-    params: Result<Query<RedriveAllParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    match params {
-        Ok(Query(params)) => redrive_target(&app, RedriveTarget::Handler(params.handler)).await,
-        Err(rejection) => bad_query(&rejection),
-    }
+async fn redrive_all(
+    State(app): State<Arc<AdminState>>,
+    params: Result<Query<RedriveAllParams>, QueryRejection>,
+) -> Answer<RedriveAnswer> {
+    let Query(params) = params.map_err(|rejection| bad_query(&rejection))?;
+    let (name, _) = live_handler(&app, &params.handler)?;
+    let redriven = redrive_target(&app, RedriveTarget::Handler(name)).await?;
+    Ok(Json(RedriveAnswer { redriven }))
 }
 
-async fn redrive_target(app: &AppState, target: RedriveTarget) -> Response {
-    if let RedriveTarget::Handler(handler) = &target
-        && app.scheduler.handler(handler).is_none()
-    {
-        return Problem::not_found(format!("no handler `{handler}`")).into_response();
-    }
-    let single = match &target {
-        RedriveTarget::Delivery(id) => Some(*id),
-        RedriveTarget::Handler(_) => None,
-    };
-    match app.scheduler.store().redrive(target).await {
-        Ok(handlers) => {
-            if let (Some(id), true) = (single, handlers.is_empty()) {
-                return no_dead_letter(id);
-            }
-            app.scheduler.redriven(handlers.iter().map(String::as_str));
-            Json(json!({"redriven": handlers.len()})).into_response()
+/// Put dead deliveries back to pending and tell their handlers' workers.
+async fn redrive_target(app: &AdminState, target: RedriveTarget) -> Result<usize, AdminError> {
+    let handlers = app.store.redrive(target).await?;
+    let live = app.live.current();
+    for name in &handlers {
+        if let Some(handler) = live.handler(name.as_str()) {
+            handler.slot.queue.added(1);
+            // The redriven ids are older than what the worker has read.
+            handler.slot.rescan();
         }
-        Err(err) => internal("failed to redrive", &err),
     }
+    Ok(handlers.len())
 }
 
 /// `DELETE /admin/deadletters/{id}`: give up on it (the event stays in the log).
-pub(crate) async fn discard(State(app): State<Arc<AppState>>, Path(id): Path<i64>) -> Response {
-    match app.scheduler.store().discard(id).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => no_dead_letter(id),
-        Err(err) => internal("failed to discard a dead letter", &err),
+async fn discard(
+    State(app): State<Arc<AdminState>>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, AdminError> {
+    match app.store.discard(id).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(no_dead_letter(id)),
     }
 }
 
-fn dead_letter_json(letter: &DeadLetter) -> Value {
-    let errors: Vec<Value> = letter
-        .errors
-        .iter()
-        .map(|a| {
-            json!({
-                "redrive": a.redrive,
-                "attempt": a.attempt,
-                "error": a.error,
-                "at": rfc3339(a.at_ms),
+fn dead_letter_view(letter: &DeadLetter) -> DeadLetterView {
+    DeadLetterView {
+        id: letter.id,
+        handler: letter.handler.clone(),
+        seq: letter.seq,
+        attempts: letter.attempts,
+        redrives: letter.redrives,
+        died_at: rfc3339(letter.died_at_ms),
+        event: letter.event.to_json(),
+        errors: letter
+            .errors
+            .iter()
+            .map(|a| AttemptView {
+                redrive: a.redrive,
+                attempt: a.attempt,
+                error: a.error.clone(),
+                at: rfc3339(a.at_ms),
             })
-        })
-        .collect();
-    json!({
-        "id": letter.id,
-        "handler": letter.handler,
-        "seq": letter.seq,
-        "attempts": letter.attempts,
-        "redrives": letter.redrives,
-        "died_at": rfc3339(letter.died_at_ms),
-        "event": letter.event.to_json(),
-        "errors": errors,
-    })
+            .collect(),
+    }
 }
 
-fn no_dead_letter(id: i64) -> Response {
-    Problem::not_found(format!("no dead letter with id {id}")).into_response()
+fn no_dead_letter(id: i64) -> AdminError {
+    AdminError::NotFound(format!("no dead letter with id {id}"))
 }
 
-/// A listing's parameters and its page size, or the 400 that says what is wrong with them.
-#[expect(
-    clippy::result_large_err,
-    reason = "the error is the HTTP answer itself, made at most once per request"
-)]
+/// A listing's parameters and its page size.
 fn page<T>(
-    params: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<T>, QueryRejection>,
     limit: impl Fn(&T) -> Option<u32>,
-) -> Result<(T, u32), Response> {
+) -> Result<(T, u32), AdminError> {
     let Query(params) = params.map_err(|rejection| bad_query(&rejection))?;
     let size = limit(&params).unwrap_or(DEFAULT_EVENTS_LIMIT);
     if size == 0 || size > MAX_EVENTS_LIMIT {
-        return Err(bad_limit());
+        return Err(AdminError::BadParameter {
+            parameter: "limit",
+            detail: format!("`limit` must be between 1 and {MAX_EVENTS_LIMIT}"),
+        });
     }
     Ok((params, size))
 }
 
-fn bad_query(rejection: &axum::extract::rejection::QueryRejection) -> Response {
-    Problem::new(StatusCode::BAD_REQUEST)
-        .with_detail(format!("bad query: {}", rejection.body_text()))
-        .into_response()
+fn bad_query(rejection: &QueryRejection) -> AdminError {
+    AdminError::BadRequest(format!("bad query: {}", rejection.body_text()))
 }
 
-fn bad_limit() -> Response {
-    Problem::new(StatusCode::BAD_REQUEST)
-        .with_detail(format!("`limit` must be between 1 and {MAX_EVENTS_LIMIT}"))
-        .with_member("parameter", "limit")
-        .into_response()
+/// The live handler called `name`, or the 404 that says there is none.
+fn live_handler(app: &AdminState, name: &str) -> Result<(HandlerName, LiveHandler), AdminError> {
+    let live = app.live.current();
+    match live.handler(name) {
+        Some(handler) => Ok((handler.deployed.name().clone(), handler.clone())),
+        None => Err(AdminError::NotFound(format!(
+            "no handler `{name}` is deployed"
+        ))),
+    }
 }
 
 /// `GET /admin/state/{handler}/{key}`: one value of a handler's state, as stored (JSON values
 /// are served as `application/json`).
-pub(crate) async fn state(
-    State(app): State<Arc<AppState>>,
+async fn state_value(
+    State(app): State<Arc<AdminState>>,
     Path((handler, key)): Path<(String, String)>,
-) -> Response {
-    if app.scheduler.handler(&handler).is_none() {
-        return Problem::not_found(format!("no handler `{handler}`")).into_response();
-    }
-    let reader = app.scheduler.store().state_reader(&handler);
+) -> Result<Response, AdminError> {
+    let (name, _) = live_handler(&app, &handler)?;
+    let reader = app.store.state_reader(&name);
     let lookup_key = key.clone();
-    let value = tokio::task::spawn_blocking(move || reader.get(&lookup_key)).await;
-    match value {
-        Ok(Ok(Some(value))) => {
-            let content_type = if serde_json::from_slice::<Value>(&value).is_ok() {
-                "application/json"
-            } else {
-                "application/octet-stream"
-            };
-            ([(header::CONTENT_TYPE, content_type)], value).into_response()
-        }
-        Ok(Ok(None)) => {
-            Problem::not_found(format!("handler `{handler}` has no key `{key}`")).into_response()
-        }
-        Ok(Err(err)) => internal("failed to read state", &err),
-        Err(err) => internal("failed to read state", &anyhow::Error::from(err)),
-    }
+    let value = tokio::task::spawn_blocking(move || reader.get(&lookup_key))
+        .await
+        .map_err(|_| StoreError::broken("a state read panicked"))?
+        .map_err(|err| StoreError::classify(&err))?;
+    let Some(value) = value else {
+        return Err(AdminError::NotFound(format!(
+            "handler `{handler}` has no key `{key}`"
+        )));
+    };
+    let content_type = match serde_json::from_slice::<serde::de::IgnoredAny>(&value) {
+        Ok(_) => "application/json",
+        Err(_) => "application/octet-stream",
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], value).into_response())
 }
 
 /// `GET /admin/handlers`: what is deployed, with its version, policy and live counters.
-pub(crate) async fn handlers(State(app): State<Arc<AppState>>) -> Response {
-    let handlers: Vec<Value> = app
-        .scheduler
-        .handler_names()
-        .iter()
-        .filter_map(|name| app.scheduler.handler(name))
-        .map(|slot| handler_json(&slot))
+async fn handlers(State(app): State<Arc<AdminState>>) -> Answer<HandlerList> {
+    let owners = owners(&app).await?;
+    let live = app.live.current();
+    let handlers = live
+        .handlers()
+        .values()
+        .map(|handler| handler_view(handler, owner_of(&owners, handler)))
         .collect();
-    Json(json!({"handlers": handlers})).into_response()
+    Ok(Json(HandlerList { handlers }))
 }
 
-fn handler_json(slot: &HandlerSlot) -> Value {
-    let deployed = slot.deployed();
-    let s = &deployed.settings;
-    json!({
-        "name": deployed.name,
-        "version": deployed.version,
-        "module_sha256": deployed.module_sha256,
-        "deployed_at": rfc3339(deployed.deployed_at_ms),
-        "subscribe": s.subscribe,
-        "concurrency": s.concurrency,
-        "ordering": s.ordering.as_str(),
-        "key": s.key.as_str(),
-        "max_pending": s.max_pending,
-        "timeout_ms": s.timeout.as_millis() as u64,
-        "memory_mb": s.memory_mb,
-        "max_attempts": s.max_attempts,
-        "rate": s.rate.map(|r| r.to_string()),
-        "pending": slot.pending(),
-        "in_flight": slot.in_flight(),
-    })
+/// Who owns each handler.
+async fn owners(app: &AdminState) -> Result<Vec<(HandlerName, Origin)>, StoreError> {
+    Ok(app
+        .store
+        .handler_records()
+        .await?
+        .into_iter()
+        .map(|r| (r.name, r.owner))
+        .collect())
 }
 
-/// The largest module a deploy accepts: interpreted languages ship their runtime inside
-/// the component (a Python handler is tens of MB).
-pub const MAX_MODULE_BYTES: usize = 256 << 20;
+fn owner_of(owners: &[(HandlerName, Origin)], handler: &LiveHandler) -> Origin {
+    owners
+        .iter()
+        .find(|(name, _)| name == handler.deployed.name())
+        .map_or(handler.deployed.deployment().origin, |(_, owner)| *owner)
+}
+
+fn handler_view(handler: &LiveHandler, owner: Origin) -> HandlerView {
+    let deployed = &handler.deployed;
+    let deployment = deployed.deployment();
+    let s = deployed.settings();
+    HandlerView {
+        name: deployed.name().clone(),
+        version: deployment.version,
+        module_sha256: deployment.module_sha256.clone(),
+        deployed_at: rfc3339(deployment.deployed_at_ms),
+        version_origin: deployment.origin,
+        origin: owner,
+        subscribe: s.subscribe.clone(),
+        concurrency: s.concurrency,
+        ordering: s.ordering.as_str().to_owned(),
+        key: s.key.as_str().to_owned(),
+        max_pending: s.max_pending,
+        timeout_ms: u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX),
+        memory_mb: s.memory_mb,
+        max_attempts: s.max_attempts,
+        rate: s.rate.map(|r| r.to_string()),
+        pending: handler.slot.queue.pending(),
+        in_flight: handler.slot.in_flight(),
+        versions: None,
+    }
+}
 
 /// `GET /admin/handlers/{name}`: one handler, with every stored version.
-pub(crate) async fn handler(
-    State(app): State<Arc<AppState>>,
+async fn handler(
+    State(app): State<Arc<AdminState>>,
     Path(name): Path<String>,
-) -> Response {
-    let Some(slot) = app.scheduler.handler(&name) else {
-        return Problem::not_found(format!("no handler `{name}` is deployed")).into_response();
-    };
-    let mut body = handler_json(&slot);
-    match app.scheduler.store().versions(&name).await {
-        Ok((versions, _)) => {
-            body["versions"] = versions
-                .iter()
-                .map(|v| {
-                    json!({
-                        "version": v.version,
-                        "module_sha256": v.module_sha256,
-                        "deployed_at": rfc3339(v.deployed_at_ms),
-                    })
-                })
-                .collect();
-            Json(body).into_response()
-        }
-        Err(err) => internal("failed to read handler versions", &err),
-    }
+) -> Answer<HandlerView> {
+    let (name, handler) = live_handler(&app, &name)?;
+    let owners = owners(&app).await?;
+    let mut view = handler_view(&handler, owner_of(&owners, &handler));
+    let versions = app.store.versions(&name).await?;
+    view.versions = Some(
+        versions
+            .iter()
+            .map(|v| VersionView {
+                version: v.version,
+                module_sha256: v.module_sha256.clone(),
+                deployed_at: rfc3339(v.deployed_at_ms),
+                origin: v.origin,
+            })
+            .collect(),
+    );
+    Ok(Json(view))
 }
 
 /// `PUT /admin/handlers/{name}`, multipart: `module` (the component) and `config` (the
 /// handler's settings, TOML as in `evhost.toml`). 201 for a new handler, 200 for a new
 /// version (or the same one, `unchanged`), 400 naming what is wrong with the module or
 /// the settings (the live version stays).
-pub(crate) async fn deploy(
-    State(app): State<Arc<AppState>>,
+async fn deploy(
+    State(app): State<Arc<AdminState>>,
     Path(name): Path<String>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Response {
-    let mut multipart = match multipart {
-        Ok(multipart) => multipart,
-        Err(rejection) => {
-            return bad_request(format!(
-                "expected multipart/form-data: {}",
-                rejection.body_text()
-            ));
-        }
-    };
-    let (mut module, mut config) = (None, None);
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(err) => return bad_request(format!("unreadable multipart body: {err}")),
-        };
+) -> Result<(StatusCode, Json<DeployAnswer>), AdminError> {
+    let mut multipart = multipart.map_err(|rejection| {
+        AdminError::BadRequest(format!(
+            "expected multipart/form-data: {}",
+            rejection.body_text()
+        ))
+    })?;
+    let (mut module, mut config, mut unknown) = (None, None, None);
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|err| AdminError::BadRequest(format!("unreadable multipart body: {err}")))?
+    {
         let part = field.name().unwrap_or_default().to_owned();
-        let bytes = match field.bytes().await {
-            Ok(bytes) => bytes,
-            Err(err) => return bad_request(format!("unreadable part `{part}`: {err}")),
-        };
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|err| AdminError::BadRequest(format!("unreadable part `{part}`: {err}")))?;
         match part.as_str() {
             "module" => module = Some(bytes.to_vec()),
             "config" => config = Some(bytes),
-            other => {
-                return bad_request(format!(
-                    "unknown part `{other}` (expected `module` and `config`)"
-                ));
-            }
+            other => unknown = unknown.or(Some(other.to_owned())),
         }
     }
-    let Some(module) = module else {
-        return bad_request("the `module` part (the component's bytes) is missing".to_owned());
-    };
+    if let Some(other) = unknown {
+        return Err(AdminError::BadRequest(format!(
+            "unknown part `{other}` (expected `module` and `config`)"
+        )));
+    }
+    // Checked once the body is read: answering before would cut the upload short, and the
+    // client would see a broken pipe instead of this answer.
+    let name = HandlerName::new(name)
+        .map_err(|why| AdminError::BadRequest(format!("handler name: {why}")))?;
+    let module = module.ok_or_else(|| {
+        AdminError::BadRequest("the `module` part (the component's bytes) is missing".to_owned())
+    })?;
     let settings = match config {
         None => None,
         Some(text) => {
-            let Ok(text) = std::str::from_utf8(&text) else {
-                return bad_request("the `config` part is not UTF-8".to_owned());
-            };
-            match HandlerSettings::parse_toml(text, &format!("config of `{name}`")) {
-                Ok(settings) => Some(settings),
-                Err(err) => return bad_request(err.to_string()),
-            }
+            let text = std::str::from_utf8(&text)
+                .map_err(|_| AdminError::BadRequest("the `config` part is not UTF-8".to_owned()))?;
+            let settings = HandlerSettings::parse_toml(text, &format!("config of `{name}`"))
+                .map_err(|err| AdminError::BadRequest(err.to_string()))?;
+            Some(settings)
         }
     };
-    match app.deployer.deploy(&name, module, settings).await {
-        Ok(deployed) => {
-            let status = if deployed.created {
+    let (deployment, status, unchanged) = match app.deployer.deploy(name, module, settings).await? {
+        Change::Deployed {
+            deployment,
+            created,
+        } => {
+            let status = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            let info = &deployed.info;
-            let body = json!({
-                "name": info.handler,
-                "version": info.version,
-                "module_sha256": info.module_sha256,
-                "deployed_at": rfc3339(info.deployed_at_ms),
-                "unchanged": deployed.unchanged,
-            });
-            (status, Json(body)).into_response()
+            (deployment, status, false)
         }
-        Err(err) => deploy_error(err),
-    }
+        Change::Unchanged(deployment) => (deployment, StatusCode::OK, true),
+        other => return Err(AdminError::Internal(format!("a deploy did {other:?}"))),
+    };
+    Ok((
+        status,
+        Json(DeployAnswer {
+            name: deployment.handler,
+            version: deployment.version,
+            module_sha256: deployment.module_sha256,
+            deployed_at: rfc3339(deployment.deployed_at_ms),
+            unchanged,
+        }),
+    ))
 }
 
 /// `POST /admin/handlers/{name}/rollback`: the version before the live one goes live.
-pub(crate) async fn rollback(
-    State(app): State<Arc<AppState>>,
+async fn rollback(
+    State(app): State<Arc<AdminState>>,
     Path(name): Path<String>,
-) -> Response {
-    match app.deployer.rollback(&name).await {
-        Ok(info) => Json(json!({
-            "name": info.handler,
-            "version": info.version,
-            "module_sha256": info.module_sha256,
-        }))
-        .into_response(),
-        Err(err) => deploy_error(err),
+) -> Answer<RollbackAnswer> {
+    let (name, _) = live_handler(&app, &name)?;
+    match app.deployer.rollback(name).await? {
+        Change::RolledBack(deployment) => Ok(Json(RollbackAnswer {
+            name: deployment.handler,
+            version: deployment.version,
+            module_sha256: deployment.module_sha256,
+        })),
+        other => Err(AdminError::Internal(format!("a rollback did {other:?}"))),
     }
 }
 
 /// `DELETE /admin/handlers/{name}`: stop routing to it; its pending deliveries become dead
 /// letters (`handler removed`), so that a redeploy and a redrive recover them.
-pub(crate) async fn remove(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
-    match app.deployer.remove(&name).await {
-        Ok(dead) => Json(json!({"removed": name, "dead_lettered": dead})).into_response(),
-        Err(err) => deploy_error(err),
+async fn remove(
+    State(app): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Answer<RemoveAnswer> {
+    let (name, _) = live_handler(&app, &name)?;
+    match app.deployer.remove(name).await? {
+        Change::Removed {
+            handler,
+            dead_lettered,
+        } => Ok(Json(RemoveAnswer {
+            removed: handler,
+            dead_lettered,
+        })),
+        other => Err(AdminError::Internal(format!("a removal did {other:?}"))),
     }
-}
-
-fn deploy_error(err: DeployError) -> Response {
-    match err {
-        DeployError::Invalid(why) => bad_request(why),
-        DeployError::NotFound(_) => Problem::not_found(err.to_string()).into_response(),
-        DeployError::NoEarlierVersion(_) => Problem::new(StatusCode::CONFLICT)
-            .with_detail(err.to_string())
-            .into_response(),
-        DeployError::Internal(err) => internal("a deployment change failed", &err),
-    }
-}
-
-fn bad_request(detail: String) -> Response {
-    Problem::new(StatusCode::BAD_REQUEST)
-        .with_detail(detail)
-        .into_response()
 }
 
 /// Every `/admin/*` request needs `Authorization: Bearer <token>` when a token is set. The
 /// comparison takes the same time whatever the guess, so it leaks nothing about the token.
-pub(crate) async fn require_token(
-    State(app): State<Arc<AppState>>,
+async fn require_token(
+    State(app): State<Arc<AdminState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(expected) = &app.admin_token else {
+    let Some(expected) = &app.token else {
         return next.run(request).await;
     };
     let presented = request
@@ -516,57 +630,44 @@ pub(crate) async fn require_token(
 }
 
 /// `GET /metrics`: Prometheus text format. Live gauges are read now, so they never drift.
-pub(crate) async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let scheduler = &app.scheduler;
-    let metrics = scheduler.metrics();
-    for name in scheduler.handler_names() {
-        if let Some(slot) = scheduler.handler(&name) {
-            let labels = [name.as_str()];
-            metrics
-                .pending
-                .with_label_values(&labels)
-                .set(slot.pending() as i64);
-            metrics
-                .in_flight
-                .with_label_values(&labels)
-                .set(slot.in_flight() as i64);
-            metrics.dead_letters.with_label_values(&labels).set(0);
-        }
+async fn metrics(State(app): State<Arc<AdminState>>) -> Result<Response, AdminError> {
+    let metrics = &app.metrics;
+    for (name, handler) in app.live.current().handlers() {
+        let labels = [name.as_str()];
+        metrics
+            .pending
+            .with_label_values(&labels)
+            .set(i64::try_from(handler.slot.queue.pending()).unwrap_or(i64::MAX));
+        metrics
+            .in_flight
+            .with_label_values(&labels)
+            .set(i64::try_from(handler.slot.in_flight()).unwrap_or(i64::MAX));
+        metrics.dead_letters.with_label_values(&labels).set(0);
     }
-    match scheduler.store().dead_counts().await {
-        Ok(counts) => {
-            for (handler, count) in counts {
-                metrics
-                    .dead_letters
-                    .with_label_values(&[handler.as_str()])
-                    .set(count as i64);
-            }
-        }
-        Err(err) => return internal("failed to count dead letters", &err),
+    for (handler, count) in app.store.dead_counts().await? {
+        metrics
+            .dead_letters
+            .with_label_values(&[handler.as_str()])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
-    let cache = scheduler.runtime().cache_stats();
+    let cache = app.runtime.cache_stats();
     metrics
         .compile_cache
         .with_label_values(&["hit"])
-        .set(cache.hits as i64);
+        .set(i64::try_from(cache.hits).unwrap_or(i64::MAX));
     metrics
         .compile_cache
         .with_label_values(&["miss"])
-        .set(cache.misses as i64);
-    match metrics.render() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(err) => internal("failed to render metrics", &err),
-    }
-}
-
-fn internal(what: &str, err: &anyhow::Error) -> Response {
-    tracing::error!(error = format!("{err:#}"), "{what}");
-    Problem::internal().into_response()
+        .set(i64::try_from(cache.misses).unwrap_or(i64::MAX));
+    let text = metrics
+        .render()
+        .map_err(|err| AdminError::Internal(format!("failed to render metrics: {err:#}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -19,11 +19,10 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
+use crate::name::{AppName, HandlerName, NameError};
+
 /// The manifest's file name, looked up when `evhost up` is given a folder.
 pub const MANIFEST_FILE: &str = "evhost.toml";
-
-/// Longest app or handler name; names end up in URLs, metric labels and store keys.
-pub const MAX_NAME_LEN: usize = 64;
 
 /// Invocations of one handler in flight when `concurrency` is not set.
 pub const DEFAULT_CONCURRENCY: u32 = 16;
@@ -100,13 +99,13 @@ pub struct Manifest {
 /// The `[app]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct App {
-    pub name: String,
+    pub name: AppName,
 }
 
 /// One `[[handler]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerSpec {
-    pub name: String,
+    pub name: HandlerName,
     /// The Wasm component, resolved against [`Manifest::dir`]; it may not exist until `build`
     /// has run.
     pub module: PathBuf,
@@ -210,10 +209,92 @@ impl HandlerSettings {
         table.to_string()
     }
 
+    /// The settings as canonical JSON: the form the store keeps them in. Canonical, so that
+    /// two equal settings always have the same text: fields in one fixed order, `config`
+    /// sorted by key, durations in milliseconds, the rate as the manifest spells it. What is
+    /// compared is the typed value, never the text; the text only has to read back.
+    pub fn to_json(&self) -> String {
+        let stored = StoredSettings {
+            subscribe: self.subscribe.clone(),
+            concurrency: self.concurrency,
+            ordering: self.ordering.as_str().to_owned(),
+            key: self.key.as_str().to_owned(),
+            max_pending: self.max_pending,
+            timeout_ms: duration_ms(self.timeout),
+            memory_mb: self.memory_mb,
+            max_attempts: self.max_attempts,
+            backoff: StoredBackoff {
+                initial_ms: duration_ms(self.backoff.initial),
+                max_ms: duration_ms(self.backoff.max),
+            },
+            rate: self.rate.map(|rate| rate.to_string()),
+            config: self.config.clone(),
+        };
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    /// Reads what [`HandlerSettings::to_json`] wrote. The store wrote it from settings that
+    /// were valid when deployed; a value that no longer reads is named in the error.
+    pub fn from_json(text: &str) -> Result<HandlerSettings, String> {
+        let stored: StoredSettings =
+            serde_json::from_str(text).map_err(|err| format!("unreadable settings: {err}"))?;
+        let stored_value = |key: &str, why: String| format!("key `{key}`: {why}");
+        Ok(HandlerSettings {
+            subscribe: stored.subscribe,
+            concurrency: stored.concurrency,
+            ordering: choice(&Value::String(stored.ordering), Ordering::CHOICES)
+                .map_err(|why| stored_value("ordering", why))?,
+            key: choice(&Value::String(stored.key), KeySource::CHOICES)
+                .map_err(|why| stored_value("key", why))?,
+            max_pending: stored.max_pending,
+            timeout: Duration::from_millis(stored.timeout_ms),
+            memory_mb: stored.memory_mb,
+            max_attempts: stored.max_attempts,
+            backoff: Backoff {
+                initial: Duration::from_millis(stored.backoff.initial_ms),
+                max: Duration::from_millis(stored.backoff.max_ms),
+            },
+            rate: stored
+                .rate
+                .map(|text| rate(&Value::String(text)).map_err(|why| stored_value("rate", why)))
+                .transpose()?,
+            config: stored.config,
+        })
+    }
+
     /// [`HandlerSettings::memory_mb`] in bytes, as the store limiter counts.
     pub fn memory_bytes(&self) -> u64 {
         u64::from(self.memory_mb) * 1024 * 1024
     }
+}
+
+/// [`HandlerSettings`] as the store keeps them (see [`HandlerSettings::to_json`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredSettings {
+    subscribe: Vec<String>,
+    concurrency: u32,
+    ordering: String,
+    key: String,
+    max_pending: u64,
+    timeout_ms: u64,
+    memory_mb: u32,
+    max_attempts: u32,
+    backoff: StoredBackoff,
+    rate: Option<String>,
+    config: BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredBackoff {
+    initial_ms: u64,
+    max_ms: u64,
+}
+
+/// Milliseconds of a duration the settings bound (at most a day), so the cast cannot wrap.
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// In which order a handler's deliveries may run.
@@ -252,7 +333,8 @@ impl fmt::Display for Ordering {
     }
 }
 
-/// The event attribute that keys [`Ordering::Key`]. Events without it share one key.
+/// The event attribute that keys [`Ordering::Key`]. An event without it has no key and runs
+/// unordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KeySource {
     /// The `partitionkey` extension (CloudEvents partitioning).
@@ -436,21 +518,15 @@ impl Manifest {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let mut manifest = Manifest {
-            path: path.to_path_buf(),
-            dir,
-            app: App {
-                name: String::new(),
-            },
-            handlers: Vec::new(),
-        };
         let Some(root) = parse_document(text, &mut report) else {
-            return report.finish(manifest);
+            return Err(report.into_error());
         };
+        let mut app = None;
+        let mut handlers = Vec::new();
         for (key, value) in sorted(&root) {
             match key.as_str() {
-                "app" => manifest.app = read_app(value, &mut report),
-                "handler" => manifest.handlers = read_handlers(value, &manifest.dir, &mut report),
+                "app" => app = read_app(value, &mut report),
+                "handler" => handlers = read_handlers(value, &dir, &mut report),
                 _ => report.unknown_key(key, TOP_KEYS),
             }
         }
@@ -460,12 +536,20 @@ impl Manifest {
                 "missing (every manifest needs an `[app]` table with a `name`)",
             );
         }
-        report.finish(manifest)
+        match app {
+            Some(app) if report.problems.is_empty() => Ok(Manifest {
+                path: path.to_path_buf(),
+                dir,
+                app,
+                handlers,
+            }),
+            _ => Err(report.into_error()),
+        }
     }
 
     /// The handler called `name`.
     pub fn handler(&self, name: &str) -> Option<&HandlerSpec> {
-        self.handlers.iter().find(|h| h.name == name)
+        self.handlers.iter().find(|h| h.name.as_str() == name)
     }
 }
 
@@ -558,20 +642,18 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-fn read_app(value: &Value, report: &mut Report) -> App {
-    let mut app = App {
-        name: String::new(),
-    };
+fn read_app(value: &Value, report: &mut Report) -> Option<App> {
     let Some(table) = value.as_table() else {
         report.problem("app", format!("expected a table, got {}", got(value)));
-        return app;
+        return None;
     };
+    let mut app = None;
     for (key, value) in sorted(table) {
         match key.as_str() {
             "name" => {
-                if let Some(name) = report.check("app.name", name(value)) {
-                    app.name = name.to_owned();
-                }
+                app = report
+                    .check("app.name", name(value))
+                    .map(|name| App { name });
             }
             _ => report.unknown_key(&format!("app.{key}"), APP_KEYS),
         }
@@ -654,7 +736,7 @@ fn read_handler(table: &Table, dir: &Path, report: &mut Report) -> Option<Handle
     });
     let settings = read_settings(table, HANDLER_KEYS, report);
     Some(HandlerSpec {
-        name: name?.to_owned(),
+        name: name?,
         module: dir.join(module?),
         build: build.flatten().map(str::to_owned),
         settings,
@@ -761,7 +843,7 @@ fn read_subscribe(value: &Value, report: &mut Report) -> Vec<String> {
                 format!("expected an event type (a string), got {}", got(item)),
             ),
             Some("") => report.problem(KEY, "expected an event type, got \"\""),
-            Some(ty) if ty.chars().any(|c| c.is_whitespace() || c.is_control()) => report.problem(
+            Some(ty) if crate::event::check_routable_type(ty).is_err() => report.problem(
                 KEY,
                 format!("expected an event type without whitespace, got {ty:?}"),
             ),
@@ -878,30 +960,13 @@ fn non_empty_string(value: &Value) -> Result<&str, String> {
     }
 }
 
-/// Whether `name` is a valid app or handler name; the message says why not.
-pub fn check_name(name: &str) -> Result<(), String> {
-    self::name(&Value::String(name.to_owned())).map(|_| ())
+/// An app or handler name.
+fn name<N: std::str::FromStr<Err = NameError>>(value: &Value) -> Result<N, String> {
+    non_empty_string(value)?
+        .parse()
+        .map_err(|err: NameError| err.to_string())
 }
 
-/// App and handler names.
-fn name(value: &Value) -> Result<&str, String> {
-    let name = non_empty_string(value)?;
-    if name.chars().count() > MAX_NAME_LEN {
-        return Err(format!(
-            "expected at most {MAX_NAME_LEN} characters, got {} ({name:?})",
-            name.chars().count()
-        ));
-    }
-    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
-    if !name.chars().all(allowed) {
-        return Err(format!(
-            "expected a name of lowercase letters a-z, digits 0-9, `-` and `_`, got {name:?}"
-        ));
-    }
-    Ok(name)
-}
-
-/// An integer in `min..=max`.
 fn integer<T>(value: &Value, min: T, max: T) -> Result<T, String>
 where
     T: TryFrom<i64> + Into<i128> + PartialOrd + fmt::Display + Copy,
@@ -1031,11 +1096,11 @@ subscribe = ["com.example.shop.shipment.created.v1"]
             path: PathBuf::from("examples/shop/evhost.toml"),
             dir: PathBuf::from("examples/shop"),
             app: App {
-                name: "shop".into(),
+                name: AppName::new("shop").unwrap(),
             },
             handlers: vec![
                 HandlerSpec {
-                    name: "inventory".into(),
+                    name: HandlerName::new("inventory").unwrap(),
                     module: PathBuf::from(
                         "examples/shop/../../target/wasm32-wasip2/release/inventory.wasm",
                     ),
@@ -1064,7 +1129,7 @@ subscribe = ["com.example.shop.shipment.created.v1"]
                     },
                 },
                 HandlerSpec {
-                    name: "notification".into(),
+                    name: HandlerName::new("notification").unwrap(),
                     module: PathBuf::from("/opt/handlers/notification.wasm"),
                     build: None,
                     settings: HandlerSettings {
@@ -1445,6 +1510,35 @@ backoff = { max_ms = 1000 }
         };
         let back = HandlerSettings::parse_toml(&serial.to_toml(), "round trip").unwrap();
         assert_eq!(back, serial);
+    }
+
+    #[test]
+    fn settings_round_trip_through_canonical_json() {
+        let manifest = Manifest::parse(SHOP, manifest_path()).unwrap();
+        for handler in &manifest.handlers {
+            let text = handler.settings.to_json();
+            assert_eq!(HandlerSettings::from_json(&text).unwrap(), handler.settings);
+            // Canonical: the same settings, written again, are the same text.
+            assert_eq!(HandlerSettings::from_json(&text).unwrap().to_json(), text);
+        }
+        let inventory = manifest.handler("inventory").unwrap();
+        let json: serde_json::Value = serde_json::from_str(&inventory.settings.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "subscribe": ["com.example.shop.order.placed.v1", "com.example.shop.stock.added.v1"],
+                "concurrency": 8, "ordering": "key", "key": "partitionkey",
+                "max_pending": 10000, "timeout_ms": 2000, "memory_mb": 64, "max_attempts": 5,
+                "backoff": {"initial_ms": 100, "max_ms": 30000}, "rate": "200/s",
+                "config": {"decline_over": "1000"},
+            })
+        );
+        let sideways = json
+            .to_string()
+            .replace(r#""ordering":"key""#, r#""ordering":"sideways""#);
+        let problem = HandlerSettings::from_json(&sideways).unwrap_err();
+        assert!(problem.starts_with("key `ordering`"), "{problem}");
+        assert!(HandlerSettings::from_json("{}").is_err());
     }
 
     #[test]

@@ -1,41 +1,351 @@
 //! The validated CloudEvent that moves through the pipeline.
 //!
-//! Ingress produces an [`Event`] only after every CloudEvents 1.0 rule holds, so the router,
-//! the store and the runtime never re-validate. `data` is kept as bytes, exactly as received
-//! (JSON text for JSON events), which is also what a handler sees.
+//! An [`Event`] can only be made by [`EventBuilder::build`], which checks every rule of
+//! CloudEvents 1.0 that the event format can check (required attributes, URI, timestamp and
+//! media type syntax, extension names, allowed characters). Ingress, the `emit` capability,
+//! the conversion from the CloudEvents SDK and tests all build events through it, so the
+//! router, the store and the runtime never validate again, and an event emitted by a handler
+//! meets exactly the rules of one posted over HTTP. The one other way in is the store's read
+//! of what it stored, which was built here before it was stored.
+//!
+//! `data` is kept as bytes, exactly as received (JSON text for JSON events), which is also
+//! what a handler sees.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use fluent_uri::{Uri, UriRef};
 use serde_json::{Map, Value};
 
 /// The only CloudEvents version evhost accepts.
 pub const SPEC_VERSION: &str = "1.0";
 
-/// One CloudEvent (CloudEvents 1.0), validated.
+/// One CloudEvent (CloudEvents 1.0), validated: see [`EventBuilder::build`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub id: String,
-    /// A non-empty URI-reference.
-    pub source: String,
-    /// The versioned type, e.g. `com.example.shop.order.placed.v1`.
-    pub ty: String,
+    id: String,
+    source: String,
+    ty: String,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    subject: Option<String>,
+    time: Option<String>,
+    extensions: BTreeMap<String, String>,
+    data: Option<Vec<u8>>,
+}
+
+/// Why an event could not be built: the attribute at fault and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// A REQUIRED attribute (`id`, `source`, `type`) is absent.
+    #[error("missing required attribute `{attribute}`")]
+    Missing { attribute: &'static str },
+    /// An attribute is present but breaks a CloudEvents rule.
+    #[error("invalid attribute `{attribute}`: {reason}")]
+    Invalid { attribute: String, reason: String },
+}
+
+/// The parts of an event, checked together by [`EventBuilder::build`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventBuilder {
+    pub id: Option<String>,
+    pub source: Option<String>,
+    pub ty: Option<String>,
     pub datacontenttype: Option<String>,
-    /// An absolute URI.
     pub dataschema: Option<String>,
     pub subject: Option<String>,
-    /// RFC 3339, as the producer wrote it.
     pub time: Option<String>,
-    /// Extension attributes in their canonical string form; names are lowercase a-z0-9.
     pub extensions: BTreeMap<String, String>,
     pub data: Option<Vec<u8>>,
 }
 
+impl EventBuilder {
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    pub fn time(mut self, time: impl Into<String>) -> Self {
+        self.time = Some(time.into());
+        self
+    }
+
+    pub fn dataschema(mut self, dataschema: impl Into<String>) -> Self {
+        self.dataschema = Some(dataschema.into());
+        self
+    }
+
+    pub fn extension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extensions.insert(name.into(), value.into());
+        self
+    }
+
+    /// `data` with its media type; `None` as the type means JSON, as CloudEvents reads it.
+    pub fn data(mut self, datacontenttype: Option<&str>, data: impl Into<Vec<u8>>) -> Self {
+        self.datacontenttype = datacontenttype.map(str::to_owned);
+        self.data = Some(data.into());
+        self
+    }
+
+    /// JSON `data`, with `datacontenttype = application/json`.
+    pub fn json(self, data: &Value) -> Self {
+        self.data(Some("application/json"), data.to_string())
+    }
+
+    /// The event, if every rule holds; else the first attribute that breaks one.
+    pub fn build(self) -> Result<Event, EventError> {
+        // Characters first, over every attribute in name order, as one rule for all.
+        let mut named: Vec<(&str, &str)> = self
+            .extensions
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let context = [
+            ("id", &self.id),
+            ("source", &self.source),
+            ("type", &self.ty),
+            ("datacontenttype", &self.datacontenttype),
+            ("dataschema", &self.dataschema),
+            ("subject", &self.subject),
+            ("time", &self.time),
+        ];
+        for (name, value) in context {
+            if let Some(value) = value {
+                named.push((name, value));
+            }
+        }
+        named.sort_unstable();
+        for (name, value) in named {
+            check_characters(name, value)?;
+        }
+
+        let id = required("id", self.id)?;
+        let source = required("source", self.source)?;
+        if let Err(error) = UriRef::parse(source.as_str()) {
+            return Err(invalid(
+                "source",
+                format!("is not a URI-reference (RFC 3986): {error}"),
+            ));
+        }
+        let ty = required("type", self.ty)?;
+        if let Some(content_type) = &self.datacontenttype
+            && let Err(error) = content_type.parse::<mime::Mime>()
+        {
+            return Err(invalid(
+                "datacontenttype",
+                format!("is not a media type (RFC 2045 `type/subtype`): {error}"),
+            ));
+        }
+        if let Some(schema) = &self.dataschema
+            && let Err(error) = Uri::parse(schema.as_str())
+        {
+            let reason = if UriRef::parse(schema.as_str()).is_ok() {
+                "must be an absolute URI, with a scheme".to_owned()
+            } else {
+                format!("is not a URI (RFC 3986): {error}")
+            };
+            return Err(invalid("dataschema", reason));
+        }
+        if self.subject.as_deref() == Some("") {
+            return Err(invalid("subject", "must not be empty"));
+        }
+        if let Some(time) = &self.time
+            && let Err(error) = chrono::DateTime::parse_from_rfc3339(time)
+        {
+            return Err(invalid(
+                "time",
+                format!("is not an RFC 3339 timestamp: {error}"),
+            ));
+        }
+        for name in self.extensions.keys() {
+            check_extension_name(name)?;
+        }
+        Ok(Event {
+            id,
+            source,
+            ty,
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            subject: self.subject,
+            time: self.time,
+            extensions: self.extensions,
+            data: self.data,
+        })
+    }
+}
+
+fn required(attribute: &'static str, value: Option<String>) -> Result<String, EventError> {
+    match value {
+        None => Err(EventError::Missing { attribute }),
+        Some(value) if value.is_empty() => Err(invalid(attribute, "must not be empty")),
+        Some(value) => Ok(value),
+    }
+}
+
+/// CloudEvents strings exclude control characters (which also keeps every value safe to
+/// send on as an HTTP header) and Unicode noncharacters; Rust strings already exclude
+/// surrogates.
+fn check_characters(attribute: &str, value: &str) -> Result<(), EventError> {
+    match value
+        .chars()
+        .find(|&c| c.is_control() || is_noncharacter(c))
+    {
+        Some(c) => Err(invalid(
+            attribute,
+            format!(
+                "contains the character U+{:04X}, which CloudEvents forbids",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn is_noncharacter(c: char) -> bool {
+    let c = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE
+}
+
+/// Extension names (CloudEvents 1.0, section 3.1.1): lowercase letters and digits, and not
+/// one of the names the event's own attributes and data use.
+pub fn check_extension_name(name: &str) -> Result<(), EventError> {
+    if name == "data" || name == "data_base64" {
+        return Err(invalid(
+            name,
+            "is reserved for the event data, which binary mode carries in the body",
+        ));
+    }
+    if CONTEXT_ATTRIBUTES.contains(&name) {
+        return Err(invalid(name, "is a context attribute, not an extension"));
+    }
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            name,
+            "extension names are made of lowercase letters `a-z` and digits `0-9` only",
+        ))
+    }
+}
+
+/// Whether `ty` is a type evhost routes: what a subscription names and a handler emits. Any
+/// CloudEvents string is a valid `type` (ingress takes it, and keeps it in the log), but one
+/// with whitespace is a typo far more often than a name, so no subscription may name one,
+/// and a handler that emits one, which nothing could ever receive, is told so.
+pub fn check_routable_type(ty: &str) -> Result<(), EventError> {
+    check_characters("type", ty)?;
+    required("type", Some(ty.to_owned()))?;
+    if ty.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            "type",
+            format!("`{ty}` has whitespace, which no subscription can name"),
+        ));
+    }
+    Ok(())
+}
+
+fn invalid(attribute: &str, reason: impl Into<String>) -> EventError {
+    EventError::Invalid {
+        attribute: attribute.to_owned(),
+        reason: reason.into(),
+    }
+}
+
 impl Event {
+    /// A builder with the three required attributes set.
+    pub fn builder(
+        id: impl Into<String>,
+        source: impl Into<String>,
+        ty: impl Into<String>,
+    ) -> EventBuilder {
+        EventBuilder {
+            id: Some(id.into()),
+            source: Some(source.into()),
+            ty: Some(ty.into()),
+            ..EventBuilder::default()
+        }
+    }
+
+    /// The builder holding this event's parts, to change some and build again.
+    pub fn into_builder(self) -> EventBuilder {
+        EventBuilder {
+            id: Some(self.id),
+            source: Some(self.source),
+            ty: Some(self.ty),
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            subject: self.subject,
+            time: self.time,
+            extensions: self.extensions,
+            data: self.data,
+        }
+    }
+
+    /// An event the store read back: it was built (and so validated) before it was stored,
+    /// and checking it again on every read would cost the hot path for nothing.
+    pub(crate) fn from_stored(parts: EventBuilder) -> Event {
+        Event {
+            id: parts.id.unwrap_or_default(),
+            source: parts.source.unwrap_or_default(),
+            ty: parts.ty.unwrap_or_default(),
+            datacontenttype: parts.datacontenttype,
+            dataschema: parts.dataschema,
+            subject: parts.subject,
+            time: parts.time,
+            extensions: parts.extensions,
+            data: parts.data,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A non-empty URI-reference.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The versioned type, e.g. `com.example.shop.order.placed.v1`.
+    pub fn ty(&self) -> &str {
+        &self.ty
+    }
+
+    pub fn datacontenttype(&self) -> Option<&str> {
+        self.datacontenttype.as_deref()
+    }
+
+    /// An absolute URI.
+    pub fn dataschema(&self) -> Option<&str> {
+        self.dataschema.as_deref()
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// RFC 3339, as the producer wrote it.
+    pub fn time(&self) -> Option<&str> {
+        self.time.as_deref()
+    }
+
+    /// Extension attributes in their canonical string form; names are lowercase a-z0-9.
+    pub fn extensions(&self) -> &BTreeMap<String, String> {
+        &self.extensions
+    }
+
     /// An extension attribute's value.
     pub fn extension(&self, name: &str) -> Option<&str> {
         self.extensions.get(name).map(String::as_str)
+    }
+
+    pub fn data(&self) -> Option<&[u8]> {
+        self.data.as_deref()
     }
 
     /// The event in the CloudEvents JSON format (structured mode), e.g. for the admin API or
@@ -61,16 +371,10 @@ impl Event {
                 json.insert(name.into(), value.clone().into());
             }
         }
+        // The builder refuses extensions named like a context attribute or the data, so
+        // none can overwrite another member.
         for (name, value) in &self.extensions {
-            // An event built by other code than ingress could hold an extension named like a
-            // context attribute; the real attribute wins.
-            let reserved = CONTEXT_ATTRIBUTES.contains(&name.as_str())
-                || name == "data"
-                || name == "data_base64";
-            if !reserved {
-                json.entry(name.clone())
-                    .or_insert_with(|| value.clone().into());
-            }
+            json.insert(name.clone(), value.clone().into());
         }
         if let Some(data) = &self.data {
             let (member, value) = data_member(self.datacontenttype.as_deref(), data);
@@ -142,23 +446,96 @@ pub(crate) fn media_type_essence(ct: &str) -> String {
     essence.trim().to_ascii_lowercase()
 }
 
+// The CloudEvents SDK's event, for Rust users of the client library and for `evhost send`.
+// The SDK's HTTP binding is not the ingress decoder (see `ingress::binding`), but its event
+// type is the common currency of Rust CloudEvents code, so ours converts both ways.
+
+impl TryFrom<cloudevents::Event> for Event {
+    type Error = EventError;
+
+    /// The SDK's event, checked by the same rules as any other. `time` is written in RFC 3339
+    /// UTC; extensions take their canonical string form (`true`, `42`); `data` becomes bytes
+    /// (JSON text for JSON data).
+    fn try_from(mut event: cloudevents::Event) -> Result<Event, EventError> {
+        use cloudevents::AttributesReader;
+        let (datacontenttype, dataschema, data) = event.take_data();
+        let data = data.map(|data| match data {
+            cloudevents::Data::Binary(bytes) => bytes,
+            cloudevents::Data::String(text) => text.into_bytes(),
+            cloudevents::Data::Json(value) => value.to_string().into_bytes(),
+        });
+        let extensions = event
+            .iter_extensions()
+            .map(|(name, value)| (name.to_owned(), value.to_string()))
+            .collect();
+        EventBuilder {
+            id: Some(event.id().to_owned()),
+            source: Some(event.source().to_string()),
+            ty: Some(event.ty().to_owned()),
+            datacontenttype,
+            dataschema: dataschema.map(|url| url.to_string()),
+            subject: event.subject().map(str::to_owned),
+            time: event
+                .time()
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            extensions,
+            data,
+        }
+        .build()
+    }
+}
+
+impl TryFrom<Event> for cloudevents::Event {
+    type Error = cloudevents::event::EventBuilderError;
+
+    /// Our event as the SDK's, `data` as bytes (so that they stay exactly as they are) and
+    /// extensions as strings. It only fails where the SDK reads an attribute more strictly
+    /// than CloudEvents does (its `dataschema` must be a URL).
+    fn try_from(event: Event) -> Result<cloudevents::Event, Self::Error> {
+        use cloudevents::event::{EventBuilderError, TryIntoUrl};
+        use cloudevents::{AttributesWriter, EventBuilder as _};
+        let mut builder = cloudevents::EventBuilderV10::new()
+            .id(event.id)
+            .source(event.source)
+            .ty(event.ty);
+        if let Some(subject) = event.subject {
+            builder = builder.subject(subject);
+        }
+        if let Some(time) = event.time {
+            builder = builder.time(time);
+        }
+        for (name, value) in event.extensions {
+            builder = builder.extension(&name, value);
+        }
+        let mut sdk = builder.build()?;
+        if let Some(data) = event.data {
+            sdk.set_data_unchecked(data);
+        }
+        sdk.set_datacontenttype(event.datacontenttype);
+        if let Some(schema) = event.dataschema {
+            let url = schema
+                .into_url()
+                .map_err(|source| EventBuilderError::ParseUrlError {
+                    attribute_name: "dataschema",
+                    source,
+                })?;
+            sdk.set_dataschema(Some(url));
+        }
+        Ok(sdk)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn event(datacontenttype: Option<&str>, data: Option<&[u8]>) -> Event {
-        Event {
-            id: "e-1".into(),
-            source: "/shop".into(),
-            ty: "com.example.shop.stock.added.v1".into(),
-            datacontenttype: datacontenttype.map(Into::into),
-            dataschema: None,
-            subject: None,
-            time: None,
-            extensions: BTreeMap::new(),
-            data: data.map(<[u8]>::to_vec),
+        let mut builder = Event::builder("e-1", "/shop", "com.example.shop.stock.added.v1");
+        if let Some(data) = data {
+            builder = builder.data(datacontenttype, data);
         }
+        builder.build().expect("a valid event")
     }
 
     fn data_of(datacontenttype: Option<&str>, data: &[u8]) -> (Option<Value>, Option<Value>) {
@@ -191,15 +568,14 @@ mod tests {
 
     #[test]
     fn the_attributes_and_extensions_are_top_level_members() {
-        let mut event = event(None, None);
-        event.subject = Some("o-1".into());
-        event.time = Some("2026-01-02T03:04:05Z".into());
-        event.dataschema = Some("https://example.com/schema".into());
-        event
-            .extensions
-            .insert("partitionkey".into(), "sku-1".into());
-        // Only code that bypasses ingress could do this; the context attribute wins.
-        event.extensions.insert("id".into(), "other".into());
+        let event = event(None, None)
+            .into_builder()
+            .subject("o-1")
+            .time("2026-01-02T03:04:05Z")
+            .dataschema("https://example.com/schema")
+            .extension("partitionkey", "sku-1")
+            .build()
+            .expect("a valid event");
         assert_eq!(
             event.to_json(),
             json!({
@@ -262,5 +638,110 @@ mod tests {
         );
         assert_eq!(data_of(None, b""), (None, Some(json!(""))));
         assert!(event(None, None).to_json().get("data").is_none());
+    }
+
+    #[test]
+    fn the_builder_names_the_attribute_that_breaks_a_rule() {
+        let base = || Event::builder("e-1", "/shop", "t.v1");
+        let attribute = |builder: EventBuilder| match builder.build() {
+            Err(EventError::Invalid { attribute, .. }) => attribute,
+            Err(EventError::Missing { attribute }) => format!("missing {attribute}"),
+            Ok(event) => panic!("built {event:?}"),
+        };
+        assert_eq!(attribute(EventBuilder::default()), "missing id");
+        assert_eq!(attribute(Event::builder("", "/s", "t")), "id");
+        assert_eq!(attribute(Event::builder("e", "a b", "t")), "source");
+        assert_eq!(attribute(Event::builder("e", "/s", "")), "type");
+        assert_eq!(attribute(base().subject("")), "subject");
+        assert_eq!(attribute(base().subject("a\u{7}b")), "subject");
+        assert_eq!(attribute(base().time("yesterday")), "time");
+        assert_eq!(attribute(base().dataschema("/relative")), "dataschema");
+        assert_eq!(
+            attribute(base().data(Some("not a type"), "x")),
+            "datacontenttype"
+        );
+        assert_eq!(attribute(base().extension("Upper", "v")), "Upper");
+        assert_eq!(attribute(base().extension("id", "v")), "id");
+        assert_eq!(attribute(base().extension("data", "v")), "data");
+        assert_eq!(attribute(base().extension("key", "\u{FFFE}")), "key");
+        assert!(check_routable_type("com.example.shop.order.placed.v1").is_ok());
+        assert!(check_routable_type("").is_err());
+        assert!(check_routable_type("a type").is_err());
+        // A valid CloudEvents type all the same.
+        assert!(Event::builder("e", "/s", "a type").build().is_ok());
+    }
+
+    #[test]
+    fn sdk_events_convert_both_ways_unchanged() {
+        use cloudevents::{AttributesReader, EventBuilder as _};
+        let sdk = cloudevents::EventBuilderV10::new()
+            .id("place-o-1")
+            .source("/web")
+            .ty("com.example.shop.order.place.v1")
+            .subject("o-1")
+            .time("2026-01-02T03:04:05.123Z")
+            .extension("partitionkey", "sku-1")
+            .data_with_schema(
+                "application/json",
+                "https://example.com/place.json",
+                json!({"order_id": "o-1", "quantity": 1}),
+            )
+            .build()
+            .expect("a valid SDK event");
+        let ours = Event::try_from(sdk.clone()).expect("the SDK event is valid here too");
+        assert_eq!(ours.id(), "place-o-1");
+        assert_eq!(ours.subject(), Some("o-1"));
+        assert_eq!(ours.time(), Some("2026-01-02T03:04:05.123Z"));
+        assert_eq!(ours.extension("partitionkey"), Some("sku-1"));
+        assert_eq!(ours.dataschema(), Some("https://example.com/place.json"));
+        assert_eq!(
+            serde_json::from_slice::<Value>(ours.data().expect("data")).expect("JSON"),
+            json!({"order_id": "o-1", "quantity": 1})
+        );
+        let back = cloudevents::Event::try_from(ours.clone()).expect("converts back");
+        // The SDK holds the data as bytes now, so compare what both say it is.
+        assert_eq!(back.id(), sdk.id());
+        assert_eq!(back.source(), sdk.source());
+        assert_eq!(back.ty(), sdk.ty());
+        assert_eq!(back.subject(), sdk.subject());
+        assert_eq!(back.time(), sdk.time());
+        assert_eq!(back.dataschema(), sdk.dataschema());
+        assert_eq!(back.datacontenttype(), sdk.datacontenttype());
+        assert_eq!(
+            back.extension("partitionkey"),
+            sdk.extension("partitionkey")
+        );
+        assert_eq!(
+            serde_json::Value::try_from(back.data().cloned().expect("data")).expect("JSON"),
+            json!({"order_id": "o-1", "quantity": 1})
+        );
+        // And ours -> SDK -> ours is the identity.
+        assert_eq!(Event::try_from(back).expect("valid"), ours);
+
+        // Typed SDK extensions take their canonical string form.
+        let typed = cloudevents::EventBuilderV10::new()
+            .id("e")
+            .source("/s")
+            .ty("t")
+            .extension("count", 42i64)
+            .extension("flag", true)
+            .build()
+            .expect("a valid SDK event");
+        let ours = Event::try_from(typed).expect("valid");
+        assert_eq!(ours.extension("count"), Some("42"));
+        assert_eq!(ours.extension("flag"), Some("true"));
+
+        // The same rules hold for SDK events as for any other.
+        let bad = cloudevents::EventBuilderV10::new()
+            .id("e")
+            .source("/s")
+            .ty("t")
+            .extension("BadName", "v")
+            .build()
+            .expect("the SDK does not check extension names");
+        assert!(matches!(
+            Event::try_from(bad),
+            Err(EventError::Invalid { attribute, .. }) if attribute == "BadName"
+        ));
     }
 }

@@ -12,30 +12,51 @@
 //! ingress -> router -> store -> scheduler -> runtime -> store
 //! ```
 //!
-//! - [`ingress`] decodes and validates CloudEvents from HTTP (binary, structured, batch).
+//! - [`ingress`] decodes and validates CloudEvents from HTTP (binary, structured, batch) into
+//!   [`event::Event`]s, asks [`pressure`] for room, and appends to the store.
 //! - [`router`] turns an event into one delivery per subscribed handler.
-//! - [`store`] appends events with their deliveries durably, and commits an invocation's
-//!   outcome (state writes, emitted events and their deliveries, delivery done) atomically.
-//! - [`scheduler`] picks pending deliveries per handler under its concurrency and ordering
-//!   rules, and retries failures with backoff.
+//! - [`store`] appends events with their deliveries durably, commits an invocation's outcome
+//!   (state writes, emitted events and their deliveries, delivery done) atomically, and keeps
+//!   the deployment records.
+//! - [`scheduler`] runs each handler's pending deliveries under its rules ([`scheduler::select`]
+//!   decides which start, as a pure function of the backlog and the [`clock`]), and retries
+//!   failures with backoff.
 //! - [`runtime`] runs one delivery in a fresh sandboxed Wasm instance; [`capabilities`] are
-//!   the host side of each WIT import, staging the handler's effects.
-//! - [`config`] reads and validates the application manifest; [`admin`] serves the read side.
+//!   the host side of each WIT import (types from [`wit`]), staging the handler's effects.
 //!
-//! The binary (`main.rs`) parses the command line and calls [`run`]; tests call the same
-//! [`run`] on `127.0.0.1:0`.
+//! Beside the pipeline:
+//!
+//! - [`deploy`] turns every deployment change (the manifest, `--watch`, the API) into a plan
+//!   and reconciles the store and the [`live`] set to it; the live set (each handler's
+//!   running version and the routes they make) is what ingress, the scheduler and the admin
+//!   API read, swapped whole.
+//! - [`config`] reads and validates the application manifest; [`name`] holds the names it
+//!   gives out; [`admin`] serves the admin API, whose answers are the types of [`api`];
+//!   [`client`] calls it (the CLI is a thin shell over it); [`metrics`] is `/metrics`;
+//!   [`toolchain`] runs the manifest's build commands.
+//!
+//! The binary (`main.rs`) parses the command line and calls [`run`] or the [`client`]; tests
+//! call the same [`run`] on `127.0.0.1:0`.
 
 pub mod admin;
+pub mod api;
 pub mod capabilities;
+pub mod client;
+pub mod clock;
 pub mod config;
 pub mod deploy;
 pub mod event;
 pub mod ingress;
+pub mod live;
 pub mod metrics;
+pub mod name;
+pub mod pressure;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+pub mod toolchain;
+pub mod wit;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -45,13 +66,22 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 
+use crate::admin::AdminState;
+use crate::clock::Clock;
 use crate::config::Manifest;
+use crate::deploy::Deployer;
+use crate::ingress::IngressState;
 use crate::ingress::problem::Problem;
+use crate::live::Live;
+use crate::name::AppName;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::scheduler::Scheduler;
 use crate::store::{Durability, Store};
+
+/// The app of a host started without a manifest on a new data directory.
+pub const DEFAULT_APP: &str = "evhost";
 
 /// How the host runs.
 #[derive(Debug, Clone)]
@@ -89,81 +119,19 @@ impl Options {
     }
 }
 
-/// What every HTTP handler shares.
-pub struct AppState {
-    pub scheduler: Arc<Scheduler>,
-    pub deployer: Arc<deploy::Deployer>,
-    pub body_limit: usize,
-    admin_token: Option<String>,
-    shutting_down: AtomicBool,
-}
-
-impl AppState {
-    pub fn new(
-        scheduler: Arc<Scheduler>,
-        deployer: Arc<deploy::Deployer>,
-        body_limit: usize,
-        admin_token: Option<String>,
-    ) -> AppState {
-        AppState {
-            scheduler,
-            deployer,
-            body_limit,
-            admin_token,
-            shutting_down: AtomicBool::new(false),
-        }
-    }
-
-    fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-}
-
-/// The HTTP interface (DESIGN section 6).
-pub fn router(state: Arc<AppState>) -> Router {
-    let ingress = post(ingress::post)
-        .options(ingress::options)
-        .fallback(ingress::method_not_allowed);
-    let admin = Router::new()
-        .route("/admin/events", get(admin::events))
-        .route("/admin/handlers", get(admin::handlers))
-        .route(
-            "/admin/handlers/{name}",
-            get(admin::handler)
-                .put(admin::deploy)
-                .delete(admin::remove)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    admin::MAX_MODULE_BYTES,
-                )),
-        )
-        .route("/admin/handlers/{name}/rollback", post(admin::rollback))
-        .route("/admin/state/{handler}/{*key}", get(admin::state))
-        .route("/admin/deadletters", get(admin::dead_letters))
-        .route("/admin/deadletters/redrive", post(admin::redrive_all))
-        .route(
-            "/admin/deadletters/{id}",
-            get(admin::dead_letter).delete(admin::discard),
-        )
-        .route("/admin/deadletters/{id}/redrive", post(admin::redrive))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            admin::require_token,
-        ));
+/// The HTTP interface (DESIGN section 6): ingress, the admin API and `/metrics`, health.
+pub fn router(ingress: Arc<IngressState>, admin: Arc<AdminState>) -> Router {
     Router::new()
-        .route("/", ingress.clone())
-        .route("/events", ingress)
-        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
+        .merge(ingress::router(ingress))
+        .merge(admin::router(admin))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
-        .route("/metrics", get(admin::metrics))
-        .merge(admin)
         .fallback(|| async { Problem::not_found("no such resource") })
-        .with_state(state)
 }
 
-/// Open the store, load the manifest's handlers, and serve on `listener` until `shutdown`
-/// completes; then stop taking events, let in-flight invocations finish within the grace
-/// period, and return.
+/// Open the store, make the manifest's handlers (and every other stored one) live, and serve
+/// on `listener` until `shutdown` completes; then stop taking events, let in-flight
+/// invocations finish within the grace period, and return.
 pub async fn run(
     listener: tokio::net::TcpListener,
     options: Options,
@@ -192,44 +160,58 @@ pub async fn run(
     let runtime = Arc::new(Runtime::new(&RuntimeOptions {
         cache_dir: Some(cache_dir),
     })?);
-    // The manifest's modules are compiled before the store is touched: a broken module
-    // fails the start with nothing changed.
-    let compiled = match &options.manifest {
-        Some(manifest) => load_handlers(&runtime, manifest).await?,
-        None => Vec::new(),
-    };
     let store = Store::open(&data_dir, options.durability)?;
-    let proposed_app = options
-        .manifest
-        .as_ref()
-        .map_or("evhost", |m| m.app.name.as_str());
-    let app_name = store.app_name(proposed_app).await?;
+    let app = app_of(&store, &data_dir, options.manifest.as_ref()).await?;
     let metrics = Arc::new(metrics::Metrics::new(store.metric_collectors())?);
-    let scheduler = Scheduler::new(store, runtime, metrics)?;
-    let deployer = Arc::new(deploy::Deployer::new(scheduler.clone(), app_name));
-    deployer
-        .restore(options.manifest.as_ref(), compiled)
-        .await?;
+    let clock = Clock::new();
+    let live = Arc::new(Live::new());
+    let scheduler = Scheduler::new(
+        store.clone(),
+        runtime.clone(),
+        metrics.clone(),
+        live.clone(),
+        clock,
+    );
+    let deployer = Arc::new(Deployer::new(
+        store.clone(),
+        runtime.clone(),
+        live.clone(),
+        scheduler.clone(),
+        clock,
+        app.clone(),
+    ));
+    // Every module is built before anything is stored: a broken one fails the start with
+    // nothing changed.
+    deployer.start(options.manifest.as_ref()).await?;
+    store.claim_app(&app).await?;
     if options.watch
         && let Some(manifest) = &options.manifest
     {
         deploy::watch(deployer.clone(), manifest.clone());
     }
 
-    let state = Arc::new(AppState::new(
-        scheduler.clone(),
+    let stopping = Arc::new(AtomicBool::new(false));
+    let ingress = Arc::new(IngressState {
+        live: live.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        body_limit: options.body_limit,
+        stopping: stopping.clone(),
+    });
+    let admin = Arc::new(AdminState {
+        live,
+        store: store.clone(),
         deployer,
-        options.body_limit,
-        options.admin_token.clone(),
-    ));
-    let app = router(state.clone());
-    tracing::info!(%addr, store = ?scheduler.store().path(), "evhost is serving");
+        metrics,
+        runtime,
+        token: options.admin_token.clone(),
+    });
+    tracing::info!(%addr, store = ?store.path(), "evhost is serving");
 
-    let shutdown_state = state.clone();
-    axum::serve(listener, app)
+    axum::serve(listener, router(ingress, admin))
         .with_graceful_shutdown(async move {
             shutdown.await;
-            shutdown_state.shutting_down.store(true, Ordering::Relaxed);
+            stopping.store(true, Ordering::Relaxed);
             tracing::info!("shutting down: no new events, waiting for open requests");
         })
         .await
@@ -239,56 +221,29 @@ pub async fn run(
     Ok(())
 }
 
-/// Compile and check every handler of `manifest`, off the async threads, all at once so that
-/// every broken module is reported, not the first only. Handlers that share a module file
-/// share one compile.
-async fn load_handlers(
-    runtime: &Arc<Runtime>,
-    manifest: &Manifest,
-) -> Result<Vec<runtime::DeployedHandler>> {
-    let mut compiles = std::collections::HashMap::new();
-    for spec in &manifest.handlers {
-        if !compiles.contains_key(&spec.module) {
-            let (runtime, path) = (runtime.clone(), spec.module.clone());
-            let task = tokio::task::spawn_blocking(move || {
-                let bytes = std::fs::read(&path)
-                    .with_context(|| format!("failed to read module {path:?}"))?;
-                runtime
-                    .compile(&bytes)
-                    .with_context(|| format!("module {path:?}"))
-            });
-            compiles.insert(spec.module.clone(), task);
-        }
-    }
-    let mut compiled = std::collections::HashMap::new();
-    for (path, task) in compiles {
-        let result = task.await.context("a handler compile panicked")?;
-        compiled.insert(path, result.map_err(|err| format!("{err:#}")));
-    }
-    let mut loaded = Vec::new();
-    let mut problems = Vec::new();
-    for spec in &manifest.handlers {
-        // The real source is set once the store has told the app's name.
-        let source = format!("/{}/{}", manifest.app.name, spec.name);
-        let linked = match &compiled[&spec.module] {
-            Ok(module) => runtime
-                .link(&spec.name, module, spec.settings.clone(), source)
-                .with_context(|| format!("module {:?}", spec.module))
-                .map_err(|err| format!("{err:#}")),
-            Err(err) => Err(err.clone()),
-        };
-        match linked {
-            Ok(handler) => loaded.push(handler),
-            Err(err) => problems.push(format!("handler `{}`: {err}", spec.name)),
-        }
-    }
-    if !problems.is_empty() {
+/// The app this host runs: the manifest's, which must be the one the data directory holds
+/// (emitted events carry the app in their `source`, and their dedupe with it); without a
+/// manifest, whichever the data directory holds. The caller claims it once started.
+async fn app_of(
+    store: &Store,
+    data_dir: &std::path::Path,
+    manifest: Option<&Manifest>,
+) -> Result<AppName> {
+    let proposed = match manifest {
+        Some(manifest) => manifest.app.name.clone(),
+        None => match store.app().await? {
+            Some(stored) => return Ok(stored),
+            None => AppName::new(DEFAULT_APP)?,
+        },
+    };
+    if let Some(stored) = store.app().await?
+        && stored != proposed
+    {
         bail!(
-            "{}: {} handler(s) failed to load:\n  {}",
-            manifest.path.display(),
-            problems.len(),
-            problems.join("\n  ")
+            "the data directory {} holds the app `{stored}`, not `{proposed}`: start `{proposed}` \
+             with another --data, or `{stored}` with this one",
+            data_dir.display()
         );
     }
-    Ok(loaded)
+    Ok(proposed)
 }

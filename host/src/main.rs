@@ -1,20 +1,24 @@
-//! The `evhost` command: run the host, and talk to a running one.
+//! The `evhost` command: run the host, and talk to a running one. Argument parsing and
+//! printing only; the host is [`evhost::run`] and the talking is [`evhost::client`].
 //!
 //! ```text
-//! evhost up [APP_DIR | evhost.toml] [--build] [--listen ADDR] [--data DIR]
-//! evhost send --type T --source S [--data JSON] [--subject S] [--host URL]
+//! evhost up [APP_DIR | evhost.toml] [--build] [--listen ADDR] [--data DIR] [--watch]
+//! evhost deploy NAME MODULE.wasm [--config FILE] | rollback NAME | remove NAME
 //! evhost handlers | deadletters [--handler H] | redrive ID | redrive --handler H
+//! evhost send --type T --source S [--data JSON] [--subject S] [--host URL]
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use cloudevents::EventBuilder as _;
+use evhost::client::{Client, ClientError, DeadLettersQuery};
 use evhost::config::Manifest;
 use evhost::store::Durability;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,7 +47,7 @@ enum Command {
         /// The application folder (holding evhost.toml) or the manifest file.
         #[arg(default_value = ".")]
         app: PathBuf,
-        /// Run each handler's `build` command first.
+        /// Run each handler's `build` command first (adding the Rust targets they name).
         #[arg(long)]
         build: bool,
         /// Address to serve HTTP on.
@@ -65,7 +69,7 @@ enum Command {
         /// loopback).
         #[arg(long, env = "EVHOST_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
-        /// Redeploy a handler whenever its module file changes (rebuild it elsewhere).
+        /// Apply the manifest again whenever it or a module it names changes.
         #[arg(long)]
         watch: bool,
     },
@@ -93,7 +97,7 @@ enum Command {
         #[command(flatten)]
         host: HostArg,
     },
-    /// Post one event to a running host (structured mode).
+    /// Post one event to a running host (binary mode, through the CloudEvents SDK).
     Send {
         /// The event type, e.g. com.example.shop.order.place.v1.
         #[arg(long = "type")]
@@ -115,7 +119,7 @@ enum Command {
         #[command(flatten)]
         host: HostArg,
     },
-    /// List the deployed handlers with their policy and counters.
+    /// List the deployed handlers with their version, origin, policy and counters.
     Handlers {
         #[command(flatten)]
         host: HostArg,
@@ -159,8 +163,8 @@ struct HostArg {
 }
 
 impl HostArg {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url.trim_end_matches('/'))
+    fn client(&self) -> Client {
+        Client::new(&self.url, self.token.clone())
     }
 }
 
@@ -174,71 +178,160 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Up {
-                app,
-                build,
-                listen,
-                data,
-                body_limit,
-                no_fsync,
-                grace_secs,
-                admin_token,
-                watch,
-            } => {
-                let mut options = evhost::Options::new(data);
-                options.durability = if no_fsync {
-                    Durability::Off
-                } else {
-                    Durability::Full
-                };
-                options.body_limit = body_limit;
-                options.shutdown_grace = Duration::from_secs(grace_secs);
-                options.admin_token = admin_token;
-                options.watch = watch;
-                up(&app, build, &listen, options).await
-            }
-            Command::Send {
-                ty,
-                source,
-                data,
-                id,
-                subject,
-                partition_key,
-                host,
-            } => send(ty, source, data, id, subject, partition_key, &host).await,
-            Command::Handlers { host } => handlers(&host).await,
-            Command::Deadletters { handler, ty, host } => dead_letters(handler, ty, &host).await,
-            Command::Redrive { id, handler, host } => redrive(id, handler, &host).await,
-            Command::Deploy {
-                name,
-                module,
-                config,
-                host,
-            } => deploy(&name, &module, config.as_deref(), &host).await,
-            Command::Rollback { name, host } => {
-                let url = host.url(&format!("/admin/handlers/{name}/rollback"));
-                let body = admin(&host, reqwest::Method::POST, url).await?;
-                println!("{name}: version {} is live", body["version"]);
-                Ok(())
-            }
-            Command::Remove { name, host } => {
-                let url = host.url(&format!("/admin/handlers/{name}"));
-                let body = admin(&host, reqwest::Method::DELETE, url).await?;
-                println!(
-                    "{name}: removed; {} pending deliveries dead-lettered",
-                    body["dead_lettered"]
-                );
-                Ok(())
-            }
-        }
-    });
-    match result {
+    match runtime.block_on(command(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn command(command: Command) -> Result<()> {
+    match command {
+        Command::Up {
+            app,
+            build,
+            listen,
+            data,
+            body_limit,
+            no_fsync,
+            grace_secs,
+            admin_token,
+            watch,
+        } => {
+            let mut options = evhost::Options::new(data);
+            options.durability = if no_fsync {
+                Durability::Off
+            } else {
+                Durability::Full
+            };
+            options.body_limit = body_limit;
+            options.shutdown_grace = Duration::from_secs(grace_secs);
+            options.admin_token = admin_token;
+            options.watch = watch;
+            up(&app, build, &listen, options).await
+        }
+        Command::Send {
+            ty,
+            source,
+            data,
+            id,
+            subject,
+            partition_key,
+            host,
+        } => {
+            let mut event = cloudevents::EventBuilderV10::new()
+                .id(id.unwrap_or_else(random_id))
+                .source(source)
+                .ty(ty);
+            if let Some(data) = data {
+                let data: Value =
+                    serde_json::from_str(&data).context("--data is not valid JSON")?;
+                event = event.data("application/json", data);
+            }
+            if let Some(subject) = subject {
+                event = event.subject(subject);
+            }
+            if let Some(key) = partition_key {
+                event = event.extension("partitionkey", key);
+            }
+            let event = event.build().context("the event is incomplete")?;
+            match host.client().send(event).await {
+                Ok(answer) => {
+                    println!("202 Accepted");
+                    println!("{}", serde_json::to_string(&answer)?);
+                    Ok(())
+                }
+                Err(err) => {
+                    if let ClientError::Refused { status, problem } = &err {
+                        println!("{status}");
+                        if let Some(problem) = problem {
+                            println!("{}", serde_json::to_string(problem)?);
+                        }
+                    }
+                    Err(err.into())
+                }
+            }
+        }
+        Command::Handlers { host } => {
+            let handlers = host.client().handlers().await?;
+            println!(
+                "{:<20} {:>7} {:<8} {:<10} {:>11} {:>8} {:>9}  SUBSCRIBES",
+                "NAME", "VERSION", "ORIGIN", "ORDERING", "CONCURRENCY", "PENDING", "IN-FLIGHT"
+            );
+            for h in handlers {
+                println!(
+                    "{:<20} {:>7} {:<8} {:<10} {:>11} {:>8} {:>9}  {}",
+                    h.name.as_str(),
+                    h.version,
+                    h.origin.as_str(),
+                    h.ordering,
+                    h.concurrency,
+                    h.pending,
+                    h.in_flight,
+                    h.subscribe.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::Deadletters { handler, ty, host } => {
+            let query = DeadLettersQuery {
+                handler,
+                ty,
+                after: None,
+                limit: Some(1000),
+            };
+            let letters = host.client().dead_letters(&query).await?.deadletters;
+            if letters.is_empty() {
+                println!("no dead letters");
+                return Ok(());
+            }
+            println!(
+                "{:>6}  {:<16} {:<24} {:>8}  LAST ERROR",
+                "ID", "HANDLER", "EVENT ID", "ATTEMPTS"
+            );
+            for letter in &letters {
+                let last_error = letter.errors.last().map_or("", |e| e.error.as_str());
+                println!(
+                    "{:>6}  {:<16} {:<24} {:>8}  {}",
+                    letter.id,
+                    letter.handler.as_str(),
+                    letter.event["id"].as_str().unwrap_or("?"),
+                    letter.attempts,
+                    last_error
+                );
+            }
+            Ok(())
+        }
+        Command::Redrive { id, handler, host } => {
+            let client = host.client();
+            let answer = match (id, handler) {
+                (Some(id), _) => client.redrive(id).await?,
+                (None, Some(handler)) => client.redrive_all(&handler).await?,
+                (None, None) => anyhow::bail!("give a dead letter id or --handler"),
+            };
+            println!("redriven: {}", answer.redriven);
+            Ok(())
+        }
+        Command::Deploy {
+            name,
+            module,
+            config,
+            host,
+        } => deploy(&name, &module, config.as_deref(), &host).await,
+        Command::Rollback { name, host } => {
+            let answer = host.client().rollback(&name).await?;
+            println!("{name}: version {} is live", answer.version);
+            Ok(())
+        }
+        Command::Remove { name, host } => {
+            let answer = host.client().remove(&name).await?;
+            println!(
+                "{name}: removed; {} pending deliveries dead-lettered",
+                answer.dead_lettered
+            );
+            Ok(())
         }
     }
 }
@@ -258,7 +351,7 @@ fn init_logging(format: LogFormat) {
 async fn up(app: &Path, build: bool, listen: &str, mut options: evhost::Options) -> Result<()> {
     let manifest = Manifest::load(app).map_err(|err| anyhow::anyhow!("{err}"))?;
     if build {
-        build_handlers(&manifest).await?;
+        evhost::toolchain::build_handlers(&manifest).await?;
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -267,27 +360,26 @@ async fn up(app: &Path, build: bool, listen: &str, mut options: evhost::Options)
     evhost::run(listener, options, shutdown_signal()).await
 }
 
-/// Run each handler's `build` command in the manifest's folder, one after the other (they
-/// usually share a cargo target directory, which serialises them anyway).
-async fn build_handlers(manifest: &Manifest) -> Result<()> {
-    for handler in &manifest.handlers {
-        let Some(command) = &handler.build else {
-            continue;
-        };
-        tracing::info!(handler = handler.name, command, "building");
-        let status = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(&manifest.dir)
-            .status()
-            .await
-            .with_context(|| format!("handler `{}`: failed to run `{command}`", handler.name))?;
-        if !status.success() {
-            bail!(
-                "handler `{}`: build command `{command}` failed ({status})",
-                handler.name
-            );
-        }
+async fn deploy(name: &str, module: &Path, config: Option<&Path>, host: &HostArg) -> Result<()> {
+    let bytes = tokio::fs::read(module)
+        .await
+        .with_context(|| format!("failed to read {module:?}"))?;
+    let config = match config {
+        Some(config) => Some(
+            tokio::fs::read_to_string(config)
+                .await
+                .with_context(|| format!("failed to read {config:?}"))?,
+        ),
+        None => None,
+    };
+    let answer = host.client().deploy(name, bytes, config).await?;
+    if answer.unchanged {
+        println!("{name}: unchanged, version {} stays live", answer.version);
+    } else {
+        println!(
+            "{name}: version {} is live ({})",
+            answer.version, answer.module_sha256
+        );
     }
     Ok(())
 }
@@ -322,190 +414,6 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     drop(ctrl_c.await);
-}
-
-async fn send(
-    ty: String,
-    source: String,
-    data: Option<String>,
-    id: Option<String>,
-    subject: Option<String>,
-    partition_key: Option<String>,
-    host: &HostArg,
-) -> Result<()> {
-    let mut event = json!({
-        "specversion": "1.0",
-        "id": id.unwrap_or_else(random_id),
-        "source": source,
-        "type": ty,
-    });
-    if let Some(data) = data {
-        let data: Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
-        event["datacontenttype"] = json!("application/json");
-        event["data"] = data;
-    }
-    if let Some(subject) = subject {
-        event["subject"] = json!(subject);
-    }
-    if let Some(key) = partition_key {
-        event["partitionkey"] = json!(key);
-    }
-    let url = host.url("/events");
-    let response = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/cloudevents+json")
-        .body(serde_json::to_vec(&event)?)
-        .send()
-        .await
-        .with_context(|| format!("failed to reach {url}"))?;
-    let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    println!("{status}");
-    if !body.is_empty() {
-        println!("{body}");
-    }
-    if !status.is_success() {
-        bail!("the host answered {status}");
-    }
-    Ok(())
-}
-
-/// Call the admin API; a non-2xx answer is an error showing the problem's detail.
-async fn admin(host: &HostArg, method: reqwest::Method, url: String) -> Result<Value> {
-    let request = reqwest::Client::new().request(method, &url);
-    admin_send(host, request, &url).await
-}
-
-async fn admin_send(
-    host: &HostArg,
-    mut request: reqwest::RequestBuilder,
-    url: &str,
-) -> Result<Value> {
-    if let Some(token) = &host.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("failed to reach {url}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        let detail = body["detail"].as_str().unwrap_or("no detail");
-        bail!("the host answered {status}: {detail}");
-    }
-    Ok(body)
-}
-
-async fn handlers(host: &HostArg) -> Result<()> {
-    let body = admin(host, reqwest::Method::GET, host.url("/admin/handlers")).await?;
-    println!(
-        "{:<20} {:<10} {:>11} {:>8} {:>9}  SUBSCRIBES",
-        "NAME", "ORDERING", "CONCURRENCY", "PENDING", "IN-FLIGHT"
-    );
-    for h in body["handlers"].as_array().into_iter().flatten() {
-        let subscribes: Vec<&str> = h["subscribe"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        println!(
-            "{:<20} {:<10} {:>11} {:>8} {:>9}  {}",
-            h["name"].as_str().unwrap_or("?"),
-            h["ordering"].as_str().unwrap_or("?"),
-            h["concurrency"],
-            h["pending"],
-            h["in_flight"],
-            subscribes.join(", ")
-        );
-    }
-    Ok(())
-}
-
-async fn dead_letters(handler: Option<String>, ty: Option<String>, host: &HostArg) -> Result<()> {
-    let mut url = reqwest::Url::parse(&host.url("/admin/deadletters"))
-        .with_context(|| format!("bad --host {}", host.url))?;
-    {
-        let mut query = url.query_pairs_mut();
-        query.append_pair("limit", "1000");
-        if let Some(handler) = &handler {
-            query.append_pair("handler", handler);
-        }
-        if let Some(ty) = &ty {
-            query.append_pair("type", ty);
-        }
-    }
-    let body = admin(host, reqwest::Method::GET, url.to_string()).await?;
-    let letters = body["deadletters"].as_array().cloned().unwrap_or_default();
-    if letters.is_empty() {
-        println!("no dead letters");
-        return Ok(());
-    }
-    println!(
-        "{:>6}  {:<16} {:<24} {:>8}  LAST ERROR",
-        "ID", "HANDLER", "EVENT ID", "ATTEMPTS"
-    );
-    for letter in &letters {
-        let last_error = letter["errors"]
-            .as_array()
-            .and_then(|errors| errors.last())
-            .and_then(|e| e["error"].as_str())
-            .unwrap_or("");
-        println!(
-            "{:>6}  {:<16} {:<24} {:>8}  {}",
-            letter["id"],
-            letter["handler"].as_str().unwrap_or("?"),
-            letter["event"]["id"].as_str().unwrap_or("?"),
-            letter["attempts"],
-            last_error
-        );
-    }
-    Ok(())
-}
-
-async fn redrive(id: Option<i64>, handler: Option<String>, host: &HostArg) -> Result<()> {
-    let url = match (id, &handler) {
-        (Some(id), _) => host.url(&format!("/admin/deadletters/{id}/redrive")),
-        (None, Some(handler)) => {
-            let mut url = reqwest::Url::parse(&host.url("/admin/deadletters/redrive"))
-                .with_context(|| format!("bad --host {}", host.url))?;
-            url.query_pairs_mut().append_pair("handler", handler);
-            url.to_string()
-        }
-        (None, None) => bail!("give a dead letter id or --handler"),
-    };
-    let body = admin(host, reqwest::Method::POST, url).await?;
-    println!("redriven: {}", body["redriven"]);
-    Ok(())
-}
-
-async fn deploy(name: &str, module: &Path, config: Option<&Path>, host: &HostArg) -> Result<()> {
-    let bytes = tokio::fs::read(module)
-        .await
-        .with_context(|| format!("failed to read {module:?}"))?;
-    let mut form = reqwest::multipart::Form::new().part(
-        "module",
-        reqwest::multipart::Part::bytes(bytes).file_name("module.wasm"),
-    );
-    if let Some(config) = config {
-        let text = tokio::fs::read_to_string(config)
-            .await
-            .with_context(|| format!("failed to read {config:?}"))?;
-        form = form.text("config", text);
-    }
-    let url = host.url(&format!("/admin/handlers/{name}"));
-    let request = reqwest::Client::new().put(&url).multipart(form);
-    let body = admin_send(host, request, &url).await?;
-    if body["unchanged"] == true {
-        println!("{name}: unchanged, version {} stays live", body["version"]);
-    } else {
-        println!(
-            "{name}: version {} is live ({})",
-            body["version"], body["module_sha256"]
-        );
-    }
-    Ok(())
 }
 
 fn random_id() -> String {

@@ -17,6 +17,31 @@ use prometheus::{
 /// The label value for event types nobody subscribes to.
 pub const OTHER_TYPE: &str = "other";
 
+/// How an invocation ended, as `deliveries_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Committed.
+    Ok,
+    /// Failed; it will be retried.
+    Retry,
+    /// Failed for good; dead-lettered.
+    Dead,
+    /// Its state reads were stale at commit; it runs again at once, not counted as an attempt.
+    Conflict,
+}
+
+impl Outcome {
+    /// The `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Retry => "retry",
+            Outcome::Dead => "dead",
+            Outcome::Conflict => "conflict",
+        }
+    }
+}
+
 /// Every metric the host exports.
 pub struct Metrics {
     registry: Registry,

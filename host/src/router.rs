@@ -11,14 +11,38 @@
 
 use std::collections::HashMap;
 
-use crate::config::{KeySource, Ordering};
+use crate::config::{HandlerSettings, KeySource, Ordering};
 use crate::event::Event;
-use crate::store::{NewDelivery, Routed};
+use crate::name::HandlerName;
+
+/// Which deliveries of one handler must run one after the other: those with equal keys, in
+/// the order they were appended. A delivery without a key runs whenever a permit is free.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OrderingKey {
+    /// `ordering = "serial"`: every delivery of the handler in one line.
+    Serial,
+    /// `ordering = "key"`: one line per value of the handler's `key` attribute.
+    Key(String),
+}
+
+/// A delivery to create for an event: one per subscribed handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub handler: HandlerName,
+    pub ordering_key: Option<OrderingKey>,
+}
+
+/// An event with the deliveries the router made for it, ready to append.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub event: Event,
+    pub deliveries: Vec<NewDelivery>,
+}
 
 /// One handler's subscription rule.
 #[derive(Debug, Clone)]
 struct Subscriber {
-    handler: String,
+    handler: HandlerName,
     ordering: Ordering,
     key: KeySource,
 }
@@ -30,19 +54,30 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The table of these handlers' subscriptions.
+    pub fn of<'a>(
+        handlers: impl IntoIterator<Item = (&'a HandlerName, &'a HandlerSettings)>,
+    ) -> RouteTable {
+        let mut table = RouteTable::default();
+        for (name, settings) in handlers {
+            table.subscribe(name, &settings.subscribe, settings.ordering, settings.key);
+        }
+        table
+    }
+
     /// Add `handler`'s subscriptions.
     pub fn subscribe(
         &mut self,
-        handler: &str,
+        handler: &HandlerName,
         types: &[String],
         ordering: Ordering,
         key: KeySource,
     ) {
         for ty in types {
             let subscribers = self.by_type.entry(ty.clone()).or_default();
-            if !subscribers.iter().any(|s| s.handler == handler) {
+            if !subscribers.iter().any(|s| &s.handler == handler) {
                 subscribers.push(Subscriber {
-                    handler: handler.to_owned(),
+                    handler: handler.clone(),
                     ordering,
                     key,
                 });
@@ -54,7 +89,7 @@ impl RouteTable {
     pub fn route(&self, event: Event) -> Routed {
         let deliveries = self
             .by_type
-            .get(&event.ty)
+            .get(event.ty())
             .map(|subscribers| {
                 subscribers
                     .iter()
@@ -69,18 +104,20 @@ impl RouteTable {
     }
 }
 
-/// The key that orders `event` for one handler. `serial` puts every event under one key;
-/// `key` takes it from the event (no key: the event runs unordered); `unordered` has none.
-fn ordering_key(event: &Event, ordering: Ordering, key: KeySource) -> Option<String> {
-    match ordering {
-        Ordering::Unordered => None,
-        Ordering::Serial => Some(String::new()),
+/// The key that orders `event` for one handler. `serial` puts every event in one line;
+/// `key` takes it from the event (no such attribute: the event runs unordered); `unordered`
+/// has none.
+fn ordering_key(event: &Event, ordering: Ordering, key: KeySource) -> Option<OrderingKey> {
+    let from_event = match ordering {
+        Ordering::Unordered => return None,
+        Ordering::Serial => return Some(OrderingKey::Serial),
         Ordering::Key => match key {
-            KeySource::PartitionKey => event.extension("partitionkey").map(str::to_owned),
-            KeySource::Subject => event.subject.clone(),
-            KeySource::Source => Some(event.source.clone()),
+            KeySource::PartitionKey => event.extension("partitionkey"),
+            KeySource::Subject => event.subject(),
+            KeySource::Source => Some(event.source()),
         },
-    }
+    };
+    from_event.map(|key| OrderingKey::Key(key.to_owned()))
 }
 
 #[cfg(test)]
@@ -88,29 +125,30 @@ mod tests {
     use super::*;
 
     fn event(ty: &str, partitionkey: Option<&str>) -> Event {
-        Event {
-            id: "1".into(),
-            source: "/test".into(),
-            ty: ty.into(),
-            datacontenttype: None,
-            dataschema: None,
-            subject: Some("o-1".into()),
-            time: None,
-            extensions: partitionkey
-                .map(|k| [("partitionkey".to_owned(), k.to_owned())].into())
-                .unwrap_or_default(),
-            data: None,
+        let mut builder = Event::builder("1", "/test", ty).subject("o-1");
+        if let Some(key) = partitionkey {
+            builder = builder.extension("partitionkey", key);
         }
+        builder.build().expect("a valid event")
+    }
+
+    fn name(name: &str) -> HandlerName {
+        HandlerName::new(name).expect("a valid name")
     }
 
     #[test]
     fn fans_out_to_every_subscriber_of_the_exact_type() {
         let mut table = RouteTable::default();
         let types = ["a.v1".to_owned()];
-        table.subscribe("one", &types, Ordering::Unordered, KeySource::PartitionKey);
-        table.subscribe("two", &types, Ordering::Key, KeySource::PartitionKey);
         table.subscribe(
-            "three",
+            &name("one"),
+            &types,
+            Ordering::Unordered,
+            KeySource::PartitionKey,
+        );
+        table.subscribe(&name("two"), &types, Ordering::Key, KeySource::PartitionKey);
+        table.subscribe(
+            &name("three"),
             &["a.v2".to_owned()],
             Ordering::Serial,
             KeySource::Subject,
@@ -121,12 +159,12 @@ mod tests {
             routed.deliveries,
             vec![
                 NewDelivery {
-                    handler: "one".into(),
+                    handler: name("one"),
                     ordering_key: None
                 },
                 NewDelivery {
-                    handler: "two".into(),
-                    ordering_key: Some("sku-1".into())
+                    handler: name("two"),
+                    ordering_key: Some(OrderingKey::Key("sku-1".into()))
                 },
             ]
         );
@@ -138,7 +176,7 @@ mod tests {
         let e = event("a.v1", None);
         assert_eq!(
             ordering_key(&e, Ordering::Serial, KeySource::PartitionKey),
-            Some("".into())
+            Some(OrderingKey::Serial)
         );
         assert_eq!(
             ordering_key(&e, Ordering::Key, KeySource::PartitionKey),
@@ -146,11 +184,15 @@ mod tests {
         );
         assert_eq!(
             ordering_key(&e, Ordering::Key, KeySource::Subject),
-            Some("o-1".into())
+            Some(OrderingKey::Key("o-1".into()))
         );
         assert_eq!(
             ordering_key(&e, Ordering::Key, KeySource::Source),
-            Some("/test".into())
+            Some(OrderingKey::Key("/test".into()))
+        );
+        assert_eq!(
+            ordering_key(&e, Ordering::Unordered, KeySource::Source),
+            None
         );
     }
 }

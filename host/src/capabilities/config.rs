@@ -3,7 +3,7 @@
 use wasmtime::Result;
 
 use super::Invocation;
-use crate::runtime::bindings::evhost::handler::config::Host;
+use crate::wit::evhost::handler::config::Host;
 
 impl Host for Invocation {
     fn get(&mut self, key: String) -> Result<Option<String>> {

@@ -4,8 +4,9 @@
 //! the emit index (so a re-run of the same delivery emits the same ids, and the store's
 //! dedupe on `source` + `id` makes the re-run harmless); `source` names the handler; `time`
 //! is now; `causationid` is the handled event's id and `correlationid` is carried from it (or
-//! starts at it). Emitted events are only staged here: they enter the log and the router
-//! when the invocation commits.
+//! starts at it). Every other attribute must pass the rules an event posted over HTTP does.
+//! Emitted events are only staged here: they enter the log and the router when the invocation
+//! commits.
 
 use std::collections::BTreeMap;
 
@@ -13,30 +14,17 @@ use sha2::{Digest, Sha256};
 use wasmtime::Result;
 
 use super::Invocation;
-use crate::event::Event;
-use crate::runtime::bindings::evhost::handler::emit::{Host, OutgoingEvent};
+use crate::event::EventBuilder;
+use crate::name::HandlerName;
+use crate::wit::evhost::handler::emit::{Host, OutgoingEvent};
 
 /// Events one invocation may emit; past this, `publish` fails.
 pub const MAX_EMITS: usize = 1000;
 /// Largest `data` of an emitted event, in bytes.
 pub const MAX_DATA_BYTES: usize = 1 << 20;
 
-/// Attribute names a handler may not set as extensions: the host owns them or they are
-/// CloudEvents context attributes.
-const RESERVED: &[&str] = &[
-    "id",
-    "source",
-    "specversion",
-    "type",
-    "datacontenttype",
-    "dataschema",
-    "subject",
-    "time",
-    "data",
-    "data_base64",
-    "causationid",
-    "correlationid",
-];
+/// Extensions the host sets on every emitted event; a handler may not set them itself.
+const HOST_EXTENSIONS: &[&str] = &["causationid", "correlationid"];
 
 impl Host for Invocation {
     fn publish(&mut self, event: OutgoingEvent) -> Result<Result<String, String>> {
@@ -45,6 +33,8 @@ impl Host for Invocation {
 }
 
 impl Invocation {
+    /// Complete `out` into an event and stage it. It must pass the rules every event does
+    /// ([`EventBuilder::build`], the same as ingress); the error names the attribute.
     fn stage_emit(&mut self, out: OutgoingEvent) -> Result<String, String> {
         let index = self.staged.emitted.len();
         if index >= MAX_EMITS {
@@ -52,15 +42,7 @@ impl Invocation {
                 "more than {MAX_EMITS} events emitted by one invocation"
             ));
         }
-        if out.type_.is_empty() || out.type_.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "event type `{}` is empty or has whitespace",
-                out.type_
-            ));
-        }
-        if out.subject.as_deref() == Some("") {
-            return Err("`subject` is empty".to_owned());
-        }
+        crate::event::check_routable_type(&out.type_).map_err(|err| err.to_string())?;
         if let Some(data) = &out.data
             && data.len() > MAX_DATA_BYTES
         {
@@ -69,26 +51,17 @@ impl Invocation {
                 data.len()
             ));
         }
-        let datacontenttype = match (out.datacontenttype, &out.data) {
-            (Some(ct), _) => {
-                if ct.parse::<mime::Mime>().is_err() {
-                    return Err(format!("`datacontenttype` `{ct}` is not a media type"));
-                }
-                Some(ct)
-            }
-            (None, Some(_)) => Some("application/json".to_owned()),
-            (None, None) => None,
-        };
-        let mut extensions = BTreeMap::new();
-        for (name, value) in out.extensions {
-            if !is_extension_name(&name) {
-                return Err(format!(
-                    "extension name `{name}` must be lowercase a-z and 0-9 and not a reserved \
-                     attribute"
-                ));
-            }
-            extensions.insert(name, value);
+        if let Some((name, _)) = out
+            .extensions
+            .iter()
+            .find(|(name, _)| HOST_EXTENSIONS.contains(&name.as_str()))
+        {
+            return Err(format!(
+                "extension `{name}` is set by the host, not by the handler"
+            ));
         }
+        let id = emitted_id(&self.parent.source, &self.parent.id, &self.handler, index);
+        let mut extensions: BTreeMap<String, String> = out.extensions.into_iter().collect();
         if let Some(key) = out.partitionkey {
             extensions.insert("partitionkey".to_owned(), key);
         }
@@ -102,38 +75,39 @@ impl Invocation {
             "correlationid".to_owned(),
             self.parent.correlation_id.clone(),
         );
-
-        let id = emitted_id(&self.parent.source, &self.parent.id, &self.handler, index);
-        self.staged.emitted.push(Event {
-            id: id.clone(),
-            source: self.emit_source.clone(),
-            ty: out.type_,
+        let datacontenttype = match (out.datacontenttype, &out.data) {
+            (None, Some(_)) => Some("application/json".to_owned()),
+            (ct, _) => ct,
+        };
+        let event = EventBuilder {
+            id: Some(id.clone()),
+            source: Some(self.emit_source.to_string()),
+            ty: Some(out.type_),
             datacontenttype,
             dataschema: None,
             subject: out.subject,
             time: Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
             extensions,
             data: out.data,
-        });
+        }
+        .build()
+        .map_err(|err| err.to_string())?;
+        self.staged.emitted.push(event);
         Ok(id)
     }
-}
-
-fn is_extension_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && !RESERVED.contains(&name)
 }
 
 /// The id of the `index`th event `handler` emits while handling the event (`source`, `id`):
 /// the same inputs always give the same id, different inputs practically never do. Shaped
 /// like a UUID (version 8, "custom") so that tools expecting one are happy.
-pub fn emitted_id(source: &str, id: &str, handler: &str, index: usize) -> String {
+pub fn emitted_id(source: &str, id: &str, handler: &HandlerName, index: usize) -> String {
     let mut hash = Sha256::new();
     // Length-prefixed, so that ("ab", "c") and ("a", "bc") cannot collide.
-    for part in [source.as_bytes(), id.as_bytes(), handler.as_bytes()] {
+    for part in [
+        source.as_bytes(),
+        id.as_bytes(),
+        handler.as_str().as_bytes(),
+    ] {
         hash.update((part.len() as u64).to_le_bytes());
         hash.update(part);
     }
@@ -158,22 +132,16 @@ mod tests {
 
     #[test]
     fn emitted_ids_are_deterministic_and_distinct() {
-        let a = emitted_id("/shop", "o-1", "inventory", 0);
-        assert_eq!(a, emitted_id("/shop", "o-1", "inventory", 0));
-        assert_ne!(a, emitted_id("/shop", "o-1", "inventory", 1));
-        assert_ne!(a, emitted_id("/shop", "o-1", "payment", 0));
-        assert_ne!(a, emitted_id("/shop", "o-2", "inventory", 0));
-        assert_ne!(emitted_id("ab", "c", "h", 0), emitted_id("a", "bc", "h", 0));
+        let name = |n: &str| HandlerName::new(n).unwrap();
+        let a = emitted_id("/shop", "o-1", &name("inventory"), 0);
+        assert_eq!(a, emitted_id("/shop", "o-1", &name("inventory"), 0));
+        assert_ne!(a, emitted_id("/shop", "o-1", &name("inventory"), 1));
+        assert_ne!(a, emitted_id("/shop", "o-1", &name("payment"), 0));
+        assert_ne!(a, emitted_id("/shop", "o-2", &name("inventory"), 0));
+        assert_ne!(
+            emitted_id("ab", "c", &name("h"), 0),
+            emitted_id("a", "bc", &name("h"), 0)
+        );
         assert_eq!(a.len(), 36);
-    }
-
-    #[test]
-    fn extension_names_are_checked() {
-        assert!(is_extension_name("partitionkey"));
-        assert!(is_extension_name("x1"));
-        assert!(!is_extension_name("Upper"));
-        assert!(!is_extension_name("with-dash"));
-        assert!(!is_extension_name("id"));
-        assert!(!is_extension_name(""));
     }
 }

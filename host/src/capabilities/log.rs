@@ -4,7 +4,7 @@
 use wasmtime::Result;
 
 use super::Invocation;
-use crate::runtime::bindings::evhost::handler::log::{Host, Level};
+use crate::wit::evhost::handler::log::{Host, Level};
 
 /// Longest log line kept, in bytes; the rest is cut so one handler cannot flood the log.
 const MAX_LINE_BYTES: usize = 4096;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::event::Event;
-use crate::runtime::DeployedHandler;
+use crate::name::HandlerName;
 use crate::store::StateReader;
 
 /// What a successful invocation asks the host to commit.
@@ -30,11 +30,19 @@ pub struct Staged {
     pub emitted: Vec<Event>,
 }
 
+/// Who is invoked: what the capabilities need to know of the handler.
+pub struct InvocationContext {
+    pub handler: HandlerName,
+    /// The `source` of the events this handler emits.
+    pub emit_source: Arc<str>,
+    /// Its `config` settings.
+    pub config: Arc<BTreeMap<String, String>>,
+}
+
 /// One call of `handle`: the capabilities it was given and what it staged.
 pub struct Invocation {
-    handler: String,
-    /// The `source` of the events this handler emits.
-    emit_source: String,
+    handler: HandlerName,
+    emit_source: Arc<str>,
     settings: Arc<BTreeMap<String, String>>,
     /// The event being handled: its id and source derive emitted ids, and it is their cause.
     parent: ParentEvent,
@@ -50,17 +58,17 @@ struct ParentEvent {
 }
 
 impl Invocation {
-    pub fn new(handler: &DeployedHandler, event: &Event, state: StateReader) -> Self {
+    pub fn new(context: InvocationContext, event: &Event, state: StateReader) -> Self {
         Invocation {
-            handler: handler.name.clone(),
-            emit_source: handler.source.clone(),
-            settings: handler.config.clone(),
+            handler: context.handler,
+            emit_source: context.emit_source,
+            settings: context.config,
             parent: ParentEvent {
-                id: event.id.clone(),
-                source: event.source.clone(),
+                id: event.id().to_owned(),
+                source: event.source().to_owned(),
                 correlation_id: event
                     .extension("correlationid")
-                    .unwrap_or(&event.id)
+                    .unwrap_or(event.id())
                     .to_owned(),
                 traceparent: event.extension("traceparent").map(str::to_owned),
             },
@@ -74,4 +82,4 @@ impl Invocation {
     }
 }
 
-impl crate::runtime::bindings::evhost::handler::types::Host for Invocation {}
+impl crate::wit::evhost::handler::types::Host for Invocation {}

@@ -11,7 +11,7 @@
 use wasmtime::Result;
 
 use super::Invocation;
-use crate::runtime::bindings::evhost::handler::state::Host;
+use crate::wit::evhost::handler::state::Host;
 
 /// Longest state key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;

@@ -26,7 +26,6 @@ use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use fluent_uri::{Uri, UriRef};
 use percent_encoding::percent_decode;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -34,7 +33,7 @@ use serde_json::value::RawValue;
 
 use super::problem::IngressError;
 use crate::event::{
-    CONTEXT_ATTRIBUTES, Event, SPEC_VERSION, is_json_media_type, media_type_essence,
+    CONTEXT_ATTRIBUTES, Event, EventBuilder, SPEC_VERSION, is_json_media_type, media_type_essence,
 };
 
 /// The structured content mode's media type, JSON event format.
@@ -516,7 +515,9 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-// The rules every event meets, whatever its mode (CloudEvents 1.0, section 3).
+// The rules every event meets, whatever its mode, are the event's own
+// (`EventBuilder::build`); here is only what is particular to a request: its
+// `specversion` and the attributes as named members or headers.
 
 fn build_event(
     mut attributes: BTreeMap<String, String>,
@@ -536,124 +537,23 @@ fn build_event(
             ),
         ));
     }
-    for (name, value) in &attributes {
-        check_characters(name, value)?;
-    }
-
-    let id = required(&mut attributes, "id")?;
-    let source = required(&mut attributes, "source")?;
-    if let Err(error) = UriRef::parse(source.as_str()) {
-        return Err(invalid(
-            "source",
-            format!("is not a URI-reference (RFC 3986): {error}"),
-        ));
-    }
-    let ty = required(&mut attributes, "type")?;
-
-    let datacontenttype = attributes.remove("datacontenttype");
-    if let Some(content_type) = &datacontenttype
-        && let Err(error) = content_type.parse::<mime::Mime>()
-    {
-        return Err(invalid(
-            "datacontenttype",
-            format!("is not a media type (RFC 2045 `type/subtype`): {error}"),
-        ));
-    }
-    let dataschema = attributes.remove("dataschema");
-    if let Some(schema) = &dataschema
-        && let Err(error) = Uri::parse(schema.as_str())
-    {
-        let reason = if UriRef::parse(schema.as_str()).is_ok() {
-            "must be an absolute URI, with a scheme".to_owned()
-        } else {
-            format!("is not a URI (RFC 3986): {error}")
-        };
-        return Err(invalid("dataschema", reason));
-    }
-    let subject = attributes.remove("subject");
-    if subject.as_deref() == Some("") {
-        return Err(invalid("subject", "must not be empty"));
-    }
-    let time = attributes.remove("time");
-    if let Some(time) = &time
-        && let Err(error) = chrono::DateTime::parse_from_rfc3339(time)
-    {
-        return Err(invalid(
-            "time",
-            format!("is not an RFC 3339 timestamp: {error}"),
-        ));
-    }
-
-    for name in attributes.keys() {
-        check_extension_name(name)?;
-    }
-    Ok(Event {
-        id,
-        source,
-        ty,
-        datacontenttype,
-        dataschema,
-        subject,
-        time,
-        extensions: attributes,
+    let mut take = |name: &str| attributes.remove(name);
+    let builder = EventBuilder {
+        id: take("id"),
+        source: take("source"),
+        ty: take("type"),
+        datacontenttype: take("datacontenttype"),
+        dataschema: take("dataschema"),
+        subject: take("subject"),
+        time: take("time"),
+        extensions: BTreeMap::new(),
         data,
-    })
-}
-
-fn required(
-    attributes: &mut BTreeMap<String, String>,
-    attribute: &'static str,
-) -> Result<String, IngressError> {
-    match attributes.remove(attribute) {
-        None => Err(IngressError::MissingAttribute { attribute }),
-        Some(value) if value.is_empty() => Err(invalid(attribute, "must not be empty")),
-        Some(value) => Ok(value),
+    };
+    Ok(EventBuilder {
+        extensions: attributes,
+        ..builder
     }
-}
-
-/// CloudEvents strings exclude control characters (which also keeps every value safe to
-/// send on as an HTTP header) and Unicode noncharacters; Rust strings already exclude
-/// surrogates.
-fn check_characters(attribute: &str, value: &str) -> Result<(), IngressError> {
-    match value
-        .chars()
-        .find(|&c| c.is_control() || is_noncharacter(c))
-    {
-        Some(c) => Err(invalid(
-            attribute,
-            format!(
-                "contains the character U+{:04X}, which CloudEvents forbids",
-                u32::from(c)
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
-fn is_noncharacter(c: char) -> bool {
-    let c = u32::from(c);
-    (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE
-}
-
-fn check_extension_name(name: &str) -> Result<(), IngressError> {
-    if name == "data" || name == "data_base64" {
-        return Err(invalid(
-            name,
-            "is reserved for the event data, which binary mode carries in the body",
-        ));
-    }
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if valid {
-        Ok(())
-    } else {
-        Err(invalid(
-            name,
-            "extension names are made of lowercase letters `a-z` and digits `0-9` only",
-        ))
-    }
+    .build()?)
 }
 
 fn invalid(attribute: &str, reason: impl Into<String>) -> IngressError {
@@ -734,7 +634,7 @@ mod tests {
             Case { name: "structured, media type case-insensitive, parameters ignored",
                 headers: &[("content-type", "Application/CloudEvents+JSON; charset=utf-8")],
                 body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).id, "1")) },
+                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).id(), "1")) },
             Case { name: "batch",
                 headers: &[("content-type", "application/cloudevents-batch+json")],
                 body: br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"}]"#,
@@ -749,9 +649,9 @@ mod tests {
                 headers: BINARY, body: b"",
                 expect: Ok(Mode::Binary, |e| {
                     let event = one(e);
-                    assert_eq!((event.id.as_str(), event.source.as_str()), ("e-1", "/shop/orders"));
-                    assert_eq!(event.ty, "com.example.shop.order.place.v1");
-                    assert_eq!((&event.datacontenttype, &event.data), (&None, &None));
+                    assert_eq!((event.id(), event.source()), ("e-1", "/shop/orders"));
+                    assert_eq!(event.ty(), "com.example.shop.order.place.v1");
+                    assert_eq!((event.datacontenttype(), event.data()), (None, None));
                 }) },
             Case { name: "binary without ce-specversion names specversion",
                 headers: &[("content-type", "text/plain"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")],
@@ -773,7 +673,7 @@ mod tests {
             Case { name: "a quoted-string is unquoted and unescaped",
                 headers: with(&[("ce-subject", "\"o-1\""), ("ce-note", "\"say \\\"hi\\\" \\\\ x\"")]), body: b"",
                 expect: Ok(Mode::Binary, |e| {
-                    assert_eq!(one(e).subject.as_deref(), Some("o-1"));
+                    assert_eq!(one(e).subject(), Some("o-1"));
                     assert_eq!(one(e).extension("note"), Some("say \"hi\" \\ x"));
                 }) },
             Case { name: "a broken quoted-string is refused",
@@ -782,7 +682,7 @@ mod tests {
             Case { name: "percent-decoded exactly once",
                 headers: with(&[("ce-subject", "100%2525%20caf%C3%A9"), ("ce-quoted", "\"a%22b\"")]), body: b"",
                 expect: Ok(Mode::Binary, |e| {
-                    assert_eq!(one(e).subject.as_deref(), Some("100%25 café"));
+                    assert_eq!(one(e).subject(), Some("100%25 café"));
                     assert_eq!(one(e).extension("quoted"), Some("a\"b"));
                 }) },
             Case { name: "invalid UTF-8 after percent-decoding names the attribute",
@@ -790,12 +690,12 @@ mod tests {
             Case { name: "Content-Type becomes datacontenttype, the body is data as is",
                 headers: with(&[("content-type", "application/octet-stream")]), body: b"\x00\xff\x10",
                 expect: Ok(Mode::Binary, |e| {
-                    assert_eq!(one(e).datacontenttype.as_deref(), Some("application/octet-stream"));
-                    assert_eq!(one(e).data.as_deref(), Some(&b"\x00\xff\x10"[..]));
+                    assert_eq!(one(e).datacontenttype(), Some("application/octet-stream"));
+                    assert_eq!(one(e).data(), Some(&b"\x00\xff\x10"[..]));
                 }) },
             Case { name: "JSON data in binary mode is kept byte for byte",
                 headers: with(&[("content-type", "application/json")]), body: b"{ \"b\": 1, \"a\": 2 }",
-                expect: Ok(Mode::Binary, |e| assert_eq!(one(e).data.as_deref(), Some(&b"{ \"b\": 1, \"a\": 2 }"[..]))) },
+                expect: Ok(Mode::Binary, |e| assert_eq!(one(e).data(), Some(&b"{ \"b\": 1, \"a\": 2 }"[..]))) },
             Case { name: "ce-datacontenttype is refused",
                 headers: with(&[("ce-datacontenttype", "text/plain")]), body: b"x", expect: Err(400, Some("datacontenttype")) },
             Case { name: "repeated ce- header",
@@ -824,13 +724,13 @@ mod tests {
                     "data":{"b":1, "a":[1.50,12345678901234567890123]}}"#,
                 expect: Ok(Mode::Structured, |e| {
                     let event = one(e);
-                    assert_eq!(event.dataschema.as_deref(), Some("https://schemas.example.com/order.json"));
-                    assert_eq!(event.subject.as_deref(), Some("o-1"));
-                    assert_eq!(event.time.as_deref(), Some("2026-01-02T03:04:05.123+01:00"));
-                    let extensions: Vec<_> = event.extensions.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    assert_eq!(event.dataschema(), Some("https://schemas.example.com/order.json"));
+                    assert_eq!(event.subject(), Some("o-1"));
+                    assert_eq!(event.time(), Some("2026-01-02T03:04:05.123+01:00"));
+                    let extensions: Vec<_> = event.extensions().iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                     assert_eq!(extensions, [("attempt", "3"), ("negative", "-2147483648"), ("partitionkey", "sku-1"), ("urgent", "true")]);
                     // As written: member order, spacing and number spelling survive.
-                    assert_eq!(event.data.as_deref(), Some(&br#"{"b":1, "a":[1.50,12345678901234567890123]}"#[..]));
+                    assert_eq!(event.data(), Some(&br#"{"b":1, "a":[1.50,12345678901234567890123]}"#[..]));
                 }) },
             Case { name: "not JSON", headers: STRUCTURED, body: b"{\"id\":", expect: Err(400, None) },
             Case { name: "empty body", headers: STRUCTURED, body: b"", expect: Err(400, None) },
@@ -841,7 +741,7 @@ mod tests {
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":null,"type":"t"}"#, expect: Err(400, Some("source")) },
             Case { name: "null optional attribute is absent",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","subject":null,"data":null}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!((&one(e).subject, &one(e).data), (&None, &None))) },
+                expect: Ok(Mode::Structured, |e| assert_eq!((one(e).subject(), one(e).data()), (None, None))) },
             Case { name: "extension that is an object",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","meta":{}}"#, expect: Err(400, Some("meta")) },
             Case { name: "extension that is an array",
@@ -857,22 +757,22 @@ mod tests {
                 expect: Err(400, Some("data_base64")) },
             Case { name: "data string without datacontenttype is JSON text",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"hi"}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data.as_deref(), Some(&b"\"hi\""[..]))) },
+                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data(), Some(&b"\"hi\""[..]))) },
             Case { name: "data string with a +json content type is JSON text",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"Application/Vnd.Order+JSON; v=1","data":"hi"}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data.as_deref(), Some(&b"\"hi\""[..]))) },
+                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data(), Some(&b"\"hi\""[..]))) },
             Case { name: "data string with a text content type is the string's contents",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"caf\u00e9 \"x\""}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data.as_deref(), Some("café \"x\"".as_bytes()))) },
+                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data(), Some("café \"x\"".as_bytes()))) },
             Case { name: "data object with a text content type is JSON text",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":{"a":1}}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data.as_deref(), Some(&br#"{"a":1}"#[..]))) },
+                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data(), Some(&br#"{"a":1}"#[..]))) },
             Case { name: "data_base64 is decoded, padding optional",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/octet-stream","data_base64":"AP8Q"}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data.as_deref(), Some(&b"\x00\xff\x10"[..]))) },
+                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data(), Some(&b"\x00\xff\x10"[..]))) },
             Case { name: "data_base64 without padding",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"aGk"}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data.as_deref(), Some(&b"hi"[..]))) },
+                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).data(), Some(&b"hi"[..]))) },
             Case { name: "invalid base64",
                 headers: STRUCTURED, body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"!!!"}"#,
                 expect: Err(400, Some("data_base64")) },
@@ -882,15 +782,15 @@ mod tests {
             Case { name: "structured mode ignores ce- headers",
                 headers: &[("content-type", STRUCTURED_JSON), ("ce-id", "from-header")],
                 body: br#"{"specversion":"1.0","id":"from-body","source":"/s","type":"t"}"#,
-                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).id, "from-body")) },
+                expect: Ok(Mode::Structured, |e| assert_eq!(one(e).id(), "from-body")) },
 
             // Batch mode.
             Case { name: "batch of two keeps the order",
                 headers: BATCH,
                 body: br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s","type":"t","data_base64":"aGk="}]"#,
                 expect: Ok(Mode::Batch, |e| {
-                    assert_eq!(e.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["1", "2"]);
-                    assert_eq!(e[1].data.as_deref(), Some(&b"hi"[..]));
+                    assert_eq!(e.iter().map(|e| e.id()).collect::<Vec<_>>(), ["1", "2"]);
+                    assert_eq!(e[1].data(), Some(&b"hi"[..]));
                 }) },
             Case { name: "empty batch", headers: BATCH, body: b" [ ] ", expect: Ok(Mode::Batch, |e| assert!(e.is_empty())) },
             Case { name: "batch that is not an array", headers: BATCH,
@@ -939,7 +839,7 @@ mod tests {
                 body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","time":"2026-01-02 03:04"}"#,
                 expect: Err(400, Some("time")) },
             Case { name: "time in UTC with fractional seconds", headers: with(&[("ce-time", "2026-01-02T03:04:05.999999999Z")]),
-                body: b"", expect: Ok(Mode::Binary, |e| assert_eq!(one(e).time.as_deref(), Some("2026-01-02T03:04:05.999999999Z"))) },
+                body: b"", expect: Ok(Mode::Binary, |e| assert_eq!(one(e).time(), Some("2026-01-02T03:04:05.999999999Z"))) },
             Case { name: "empty subject", headers: STRUCTURED,
                 body: br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","subject":""}"#, expect: Err(400, Some("subject")) },
             Case { name: "extension name with an uppercase letter", headers: STRUCTURED,

@@ -4,8 +4,9 @@
 //! [`Event`](crate::event::Event)s; [`problem`] answers every error as problem+json. The
 //! handler here reads the body under the size limit, routes each event, refuses with 429
 //! when a target handler's queue is full, appends to the store and answers 202 only once
-//! the append is durable. Ingress never runs or touches handlers: it hands deliveries to
-//! the store and wakes the scheduler.
+//! the append is durable. Ingress never runs or touches handlers: it routes by the live set,
+//! asks back-pressure ([`crate::pressure`]) for room, hands deliveries to the store and wakes
+//! the handlers' workers.
 //!
 //! A request is all or nothing: a batch with one bad event stores none, and a 429 stores
 //! none.
@@ -15,15 +16,20 @@ pub mod problem;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::api::{AcceptedEvent, IngestAnswer};
+use crate::live::Live;
+use crate::metrics::Metrics;
+use crate::name::HandlerName;
+use crate::store::{Appended, Store, StoreErrorKind};
+use axum::Router;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use bytes::Bytes;
-use serde_json::json;
-
-use crate::AppState;
 use problem::{IngressError, Problem};
 
 /// The smallest body limit allowed: the CloudEvents spec requires accepting 64 KiB events.
@@ -31,16 +37,39 @@ pub const MIN_BODY_LIMIT: usize = 64 * 1024;
 /// The default body limit of a POST.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
-/// `POST /` and `/events`.
-pub(crate) async fn post(
-    State(app): State<Arc<AppState>>,
+/// What a 503 asks a client to wait when the store cannot take the events now.
+const STORE_UNAVAILABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What ingress needs: the routes and queues (live set), the store, the metrics.
+pub struct IngressState {
+    pub live: Arc<Live>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub body_limit: usize,
+    /// Set once the host stops taking events.
+    pub stopping: Arc<AtomicBool>,
+}
+
+/// `POST /` and `/events` (and their OPTIONS handshake).
+pub fn router(state: Arc<IngressState>) -> Router {
+    let ingress = post(ingest_post)
+        .options(options)
+        .fallback(method_not_allowed);
+    Router::new()
+        .route("/", ingress.clone())
+        .route("/events", ingress)
+        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
+        .with_state(state)
+}
+
+async fn ingest_post(
+    State(app): State<Arc<IngressState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let response = ingest(&app, &headers, body).await;
     if response.status() != StatusCode::ACCEPTED {
-        app.scheduler
-            .metrics()
+        app.metrics
             .ingress_rejected
             .with_label_values(&[response.status().as_str()])
             .inc();
@@ -49,11 +78,11 @@ pub(crate) async fn post(
 }
 
 async fn ingest(
-    app: &Arc<AppState>,
+    app: &IngressState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if app.is_shutting_down() {
+    if app.stopping.load(Ordering::Relaxed) {
         return Problem::service_unavailable(None, "the host is shutting down").into_response();
     }
     // The router's `DefaultBodyLimit` stops reading at the limit (declared or not).
@@ -68,71 +97,94 @@ async fn ingest(
         Err(err) => return err.into_response(),
     };
 
-    let scheduler = &app.scheduler;
-    let routes = scheduler.routes();
-    let routed: Vec<_> = decoded
-        .events
-        .into_iter()
-        .map(|e| routes.route(e))
-        .collect();
+    let live = app.live.current();
+    let routed: Vec<_> = decoded.events.into_iter().map(|e| live.route(e)).collect();
+    // Back-pressure: room in every target handler's queue, or the whole request is refused.
+    let admission = match live.admit(&routed) {
+        Ok(admission) => admission,
+        Err(full) => {
+            return Problem::too_many_requests(
+                full.retry_after,
+                format!(
+                    "handler `{}` has {} deliveries waiting, its limit",
+                    full.handler, full.limit
+                ),
+            )
+            .with_member("handler", full.handler.to_string())
+            .into_response();
+        }
+    };
 
-    // Back-pressure: refuse the whole request if any target handler would pass its limit.
-    let mut per_handler: HashMap<&str, u64> = HashMap::new();
-    for delivery in routed.iter().flat_map(|r| &r.deliveries) {
-        *per_handler.entry(delivery.handler.as_str()).or_default() += 1;
-    }
-    for (handler, incoming) in &per_handler {
-        if let Some(slot) = scheduler.handler(handler) {
-            let max = slot.deployed().settings.max_pending;
-            let waiting = slot.pending() + incoming;
-            if waiting > max {
-                return Problem::too_many_requests(
-                    slot.time_to_drain(waiting - max),
-                    format!("handler `{handler}` has {max} deliveries waiting, its limit"),
-                )
-                .with_member("handler", handler.to_string())
-                .into_response();
+    let appended = match app.store.append(routed).await {
+        Ok(appended) => appended,
+        Err(err) => {
+            // `admission` is dropped: the room it took is given back.
+            return match err.kind() {
+                StoreErrorKind::Full | StoreErrorKind::Busy => {
+                    tracing::warn!(error = %err, "the store cannot take events now");
+                    Problem::service_unavailable(
+                        Some(STORE_UNAVAILABLE_WAIT),
+                        "the store cannot take events now",
+                    )
+                    .into_response()
+                }
+                StoreErrorKind::Broken => {
+                    tracing::error!(error = %err, "failed to append events");
+                    Problem::internal().into_response()
+                }
+            };
+        }
+    };
+    // Duplicates were not stored again: their room goes back; the rest is kept.
+    let mut duplicates: HashMap<&HandlerName, u64> = HashMap::new();
+    for (routed, outcome) in &appended {
+        if !outcome.is_new() {
+            for delivery in &routed.deliveries {
+                *duplicates.entry(&delivery.handler).or_default() += 1;
             }
         }
     }
+    admission.keep(|handler| duplicates.get(handler).copied().unwrap_or(0));
 
-    let appended = match scheduler.store().append(routed).await {
-        Ok(appended) => appended,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "failed to append events");
-            return Problem::internal().into_response();
-        }
-    };
-    let received = &app.scheduler.metrics().events_received;
+    let received = &app.metrics.events_received;
     let mut accepted = Vec::with_capacity(appended.len());
     for (routed, outcome) in &appended {
         // Only subscribed types get a label of their own: producers must not be able to grow
         // the metric series without bound.
         let label = match routed.deliveries.is_empty() {
             true => crate::metrics::OTHER_TYPE,
-            false => routed.event.ty.as_str(),
+            false => routed.event.ty(),
         };
         received
             .with_label_values(&[label, decoded.mode.as_str()])
             .inc();
         if outcome.is_new() {
-            scheduler.appended(routed.deliveries.iter().map(|d| d.handler.as_str()));
+            for delivery in &routed.deliveries {
+                if let Some(handler) = live.handler(delivery.handler.as_str()) {
+                    handler.slot.wake.notify_one();
+                }
+            }
         }
         let (seq, duplicate) = match *outcome {
-            crate::store::Appended::New { seq } => (seq, false),
-            crate::store::Appended::Duplicate { seq } => (seq, true),
+            Appended::New { seq } => (seq, false),
+            Appended::Duplicate { seq } => (seq, true),
         };
-        let event = &routed.event;
-        accepted.push(
-            json!({"source": event.source, "id": event.id, "seq": seq, "duplicate": duplicate}),
-        );
+        accepted.push(AcceptedEvent {
+            source: routed.event.source().to_owned(),
+            id: routed.event.id().to_owned(),
+            seq,
+            duplicate,
+        });
     }
-    let body = json!({"mode": decoded.mode.as_str(), "accepted": accepted});
+    let body = IngestAnswer {
+        mode: decoded.mode.as_str().to_owned(),
+        accepted,
+    };
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
 /// `OPTIONS /` and `/events`: the CloudEvents web hook handshake.
-pub(crate) async fn options(headers: HeaderMap) -> Response {
+async fn options(headers: HeaderMap) -> Response {
     match binding::webhook_handshake(&headers) {
         Ok(answer) => (StatusCode::OK, answer).into_response(),
         Err(err) => err.into_response(),
@@ -140,6 +192,6 @@ pub(crate) async fn options(headers: HeaderMap) -> Response {
 }
 
 /// Any other method on an ingress path.
-pub(crate) async fn method_not_allowed(method: Method) -> Response {
+async fn method_not_allowed(method: Method) -> Response {
     Problem::method_not_allowed(&method, &[Method::POST, Method::OPTIONS]).into_response()
 }

@@ -368,6 +368,17 @@ impl IngressError {
     }
 }
 
+impl From<crate::event::EventError> for IngressError {
+    fn from(error: crate::event::EventError) -> Self {
+        match error {
+            crate::event::EventError::Missing { attribute } => Self::MissingAttribute { attribute },
+            crate::event::EventError::Invalid { attribute, reason } => {
+                Self::InvalidAttribute { attribute, reason }
+            }
+        }
+    }
+}
+
 impl From<IngressError> for Problem {
     fn from(error: IngressError) -> Self {
         error.to_problem()

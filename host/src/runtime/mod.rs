@@ -1,8 +1,16 @@
 //! The runtime: runs one delivery in a fresh, sandboxed Wasm component instance.
 //!
 //! It owns the process-wide [`Runtime`] (one wasmtime `Engine` with the pooling allocator and
-//! epoch interruption, one `Linker`, the epoch ticker) and each loaded handler's
-//! [`DeployedHandler`] (its `InstancePre`, checked against the `handler` world when loaded).
+//! epoch interruption, one `Linker`, the epoch ticker, the threads Wasm runs on) and the three
+//! stages a module goes through before it runs:
+//!
+//! - an [`Artifact`]: a module compiled, shared by every handler deployed from the same bytes
+//!   (it is known by its SHA-256);
+//! - a [`Linked`] artifact: checked against the `handler` world and a handler's limits, which
+//!   is where a wrong module fails, at deploy time;
+//! - a [`DeployedHandler`]: a linked artifact with the deployment record it runs as (name,
+//!   version, settings, origin), made once, complete, by [`DeployedHandler::new`].
+//!
 //! [`Runtime::invoke`] gets an event from the scheduler and hands back what the handler
 //! staged, or why it failed; it never writes to the store (the scheduler commits).
 //!
@@ -18,9 +26,9 @@
 //! call, epochs cost one check per loop header and function entry.
 
 mod limits;
+mod threads;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
@@ -31,25 +39,16 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::capabilities::{Invocation, Staged};
+use crate::capabilities::{Invocation, InvocationContext, Staged};
 use crate::config::HandlerSettings;
 use crate::event::Event;
-use crate::store::StateReader;
+use crate::name::{AppName, HandlerName};
+use crate::store::{Deployment, StateReader};
+use crate::wit::evhost::handler::types::{Event as WitEvent, HandlerError};
+use crate::wit::{Handler, HandlerPre};
 
 pub use limits::MemoryLimiter;
-
-/// The host side of the `handler` world, generated from `wit/0.1.0`.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        world: "handler",
-        path: "../wit/0.1.0",
-        imports: { default: trappable },
-        exports: { default: async },
-    });
-}
-
-use bindings::evhost::handler::types::{Event as WitEvent, HandlerError};
-use bindings::{Handler, HandlerPre};
+use threads::WasmThreads;
 
 /// How often the epoch advances. A handler yields to the async runtime once per tick, and
 /// timeouts are enforced to within a tick.
@@ -74,39 +73,100 @@ pub struct Runtime {
     linker: Linker<HostState>,
     cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
+    threads: WasmThreads,
 }
 
-/// A compiled component, before it is linked as a handler.
+/// A compiled component, shared by every handler deployed from the same module. Cheap to
+/// clone (the compiled code is reference-counted).
 #[derive(Clone)]
-pub struct Compiled {
+pub struct Artifact {
     component: Component,
     sha256: String,
+}
+
+impl Artifact {
+    /// The module's SHA-256, hex: its identity in the store and in the API.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+/// An artifact checked against the `handler` world and a handler's memory limit.
+#[derive(Clone)]
+pub struct Linked {
+    artifact: Artifact,
+    pre: HandlerPre<HostState>,
+}
+
+impl Linked {
+    pub fn artifact(&self) -> &Artifact {
+        &self.artifact
+    }
 }
 
 /// Bytes in a Wasm page.
 const WASM_PAGE_BYTES: u64 = 64 * 1024;
 
-/// One loaded version of a handler: compiled, linked and type-checked.
+/// One deployed version of a handler, ready to run: its deployment record and its linked
+/// module. Made once, complete, by [`DeployedHandler::new`]; never changed after.
 pub struct DeployedHandler {
-    pub name: String,
-    /// The deployed version's number (0 until the deployment records it).
-    pub version: u32,
-    /// The module's SHA-256, hex.
-    pub module_sha256: String,
-    /// When this version was deployed (unix ms; 0 until recorded).
-    pub deployed_at_ms: i64,
-    pub settings: HandlerSettings,
-    /// The source this module was made from (the event `source` of what it emits).
-    pub source: String,
+    deployment: Deployment,
+    /// The `source` of the events it emits: `/{app}/{handler}`.
+    emit_source: Arc<str>,
     /// The handler's `config` settings, shared by all its invocations.
-    pub config: Arc<BTreeMap<String, String>>,
-    pre: HandlerPre<HostState>,
+    config: Arc<BTreeMap<String, String>>,
+    linked: Linked,
+}
+
+impl DeployedHandler {
+    /// The version `deployment` of a handler of `app`, running `linked`, which must have
+    /// been linked with the deployment's settings.
+    pub fn new(deployment: Deployment, linked: Linked, app: &AppName) -> DeployedHandler {
+        DeployedHandler {
+            emit_source: Arc::from(format!("/{app}/{}", deployment.handler)),
+            config: Arc::new(deployment.settings.config.clone()),
+            deployment,
+            linked,
+        }
+    }
+
+    pub fn name(&self) -> &HandlerName {
+        &self.deployment.handler
+    }
+
+    pub fn version(&self) -> u32 {
+        self.deployment.version
+    }
+
+    pub fn settings(&self) -> &HandlerSettings {
+        &self.deployment.settings
+    }
+
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The compiled module it runs.
+    pub fn artifact(&self) -> &Artifact {
+        &self.linked.artifact
+    }
+
+    /// The linked module, which a new version with the same module and memory limit reuses.
+    pub fn linked(&self) -> &Linked {
+        &self.linked
+    }
+
+    /// The `source` of the events it emits.
+    pub fn emit_source(&self) -> &str {
+        &self.emit_source
+    }
 }
 
 impl std::fmt::Debug for DeployedHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeployedHandler")
-            .field("name", &self.name)
+            .field("name", self.name())
+            .field("version", &self.version())
             .finish_non_exhaustive()
     }
 }
@@ -238,7 +298,14 @@ impl Runtime {
             linker,
             cache,
             ticker_stop,
+            threads: WasmThreads::start()?,
         })
+    }
+
+    /// Run `task` (an invocation and what follows it) on the Wasm threads, so that handlers
+    /// busy with CPU never hold the threads that serve HTTP.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.threads.spawn(task);
     }
 
     /// How often compiling found its result in the on-disk cache.
@@ -251,36 +318,9 @@ impl Runtime {
             })
     }
 
-    /// Compile `module` and check it against the `handler` world. Blocking (compilation):
-    /// call it off the async threads. Every failure names the handler and what is wrong.
-    pub fn load(
-        &self,
-        name: &str,
-        module: &Path,
-        settings: HandlerSettings,
-        source: String,
-    ) -> Result<DeployedHandler> {
-        let bytes = std::fs::read(module)
-            .with_context(|| format!("handler `{name}`: failed to read module {module:?}"))?;
-        self.load_bytes(name, &bytes, settings, source)
-            .with_context(|| format!("handler `{name}`: module {module:?}"))
-    }
-
-    /// [`Runtime::load`] from bytes.
-    pub fn load_bytes(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        settings: HandlerSettings,
-        source: String,
-    ) -> Result<DeployedHandler> {
-        let module = self.compile(bytes)?;
-        self.link(name, &module, settings, source)
-    }
-
-    /// Compile a component (blocking; seconds for a large one). One [`Compiled`] serves
-    /// every handler deployed from the same module.
-    pub fn compile(&self, bytes: &[u8]) -> Result<Compiled> {
+    /// Compile a component (blocking; seconds for a large one: call it off the async
+    /// threads). One [`Artifact`] serves every handler deployed from the same module.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Artifact> {
         if is_core_module(bytes) {
             return Err(anyhow!(
                 "it is a core wasm module, not a component (build it for wasm32-wasip2, or \
@@ -290,24 +330,18 @@ impl Runtime {
         let component = Component::new(&self.engine, bytes)
             .map_err(anyhow::Error::from)
             .context("it is not a valid component")?;
-        Ok(Compiled {
+        Ok(Artifact {
             component,
             sha256: module_sha256(bytes),
         })
     }
 
-    /// Link a compiled module as handler `name` and check it against the `handler` world
-    /// and the handler's limits: this is where a wrong module fails, at deploy time.
-    pub fn link(
-        &self,
-        name: &str,
-        module: &Compiled,
-        settings: HandlerSettings,
-        source: String,
-    ) -> Result<DeployedHandler> {
+    /// Check a compiled module against the `handler` world and a handler's limits: this is
+    /// where a wrong module fails, at deploy time.
+    pub fn link(&self, artifact: &Artifact, settings: &HandlerSettings) -> Result<Linked> {
         let instance_pre = self
             .linker
-            .instantiate_pre(&module.component)
+            .instantiate_pre(&artifact.component)
             .map_err(anyhow::Error::from)
             .context("it imports something the host does not provide")?;
         let pre = HandlerPre::new(instance_pre)
@@ -317,7 +351,7 @@ impl Runtime {
              result<_, handler-error>`)",
             )?;
         // A module whose memory starts above the limit would fail every delivery; say so now.
-        let initial_pages = module
+        let initial_pages = artifact
             .component
             .resources_required()
             .and_then(|r| r.max_initial_memory_size)
@@ -331,16 +365,34 @@ impl Runtime {
                 settings.memory_mb
             ));
         }
-        Ok(DeployedHandler {
-            name: name.to_owned(),
-            version: 0,
-            module_sha256: module.sha256.clone(),
-            deployed_at_ms: 0,
-            config: Arc::new(settings.config.clone()),
-            settings,
-            source,
+        Ok(Linked {
+            artifact: artifact.clone(),
             pre,
         })
+    }
+
+    /// Version 1 of handler `name` from `bytes`, outside any host, for measuring or testing
+    /// the runtime alone (the benchmarks). A host deploys through [`crate::deploy`], which
+    /// records each version in the store; this builds the same [`DeployedHandler`], with
+    /// the same checks, without one. Blocking (it compiles).
+    pub fn standalone(
+        &self,
+        name: &HandlerName,
+        bytes: &[u8],
+        settings: HandlerSettings,
+    ) -> Result<DeployedHandler> {
+        let artifact = self.compile(bytes)?;
+        let linked = self.link(&artifact, &settings)?;
+        let deployment = Deployment {
+            handler: name.clone(),
+            version: 1,
+            module_sha256: artifact.sha256().to_owned(),
+            settings,
+            origin: crate::store::Origin::Api,
+            deployed_at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let app = AppName::new("standalone")?;
+        Ok(DeployedHandler::new(deployment, linked, &app))
     }
 
     /// Run `handler` on `event` in a fresh instance; return what it staged.
@@ -361,23 +413,33 @@ impl Runtime {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let memory_limit = u64::from(handler.settings.memory_mb) << 20;
+        let settings = handler.settings();
+        let memory_limit = u64::from(settings.memory_mb) << 20;
         let mut store = Store::new(
             &self.engine,
             HostState {
                 wasi,
                 table: ResourceTable::new(),
                 limiter: MemoryLimiter::new(memory_limit),
-                invocation: Invocation::new(handler, event, state),
+                invocation: Invocation::new(
+                    InvocationContext {
+                        handler: handler.name().clone(),
+                        emit_source: handler.emit_source.clone(),
+                        config: handler.config.clone(),
+                    },
+                    event,
+                    state,
+                ),
             },
         );
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_async_yield_and_update(1);
 
-        let timeout = handler.settings.timeout;
+        let timeout = settings.timeout;
         let wit_event = to_wit(event);
         let outcome = tokio::time::timeout(timeout, async {
             let instance = handler
+                .linked
                 .pre
                 .instantiate_async(&mut store)
                 .await
@@ -391,7 +453,7 @@ impl Runtime {
 
         let captured = [("stdout", stdout), ("stderr", stderr)];
         for (stream, pipe) in captured {
-            log_captured(&handler.name, &event.id, stream, &pipe.contents());
+            log_captured(handler.name(), event.id(), stream, &pipe.contents());
         }
 
         let memory_exceeded = store.data().limiter.exceeded();
@@ -467,30 +529,30 @@ fn trap_message(err: &wasmtime::Error) -> String {
     message
 }
 
-fn log_captured(handler: &str, event_id: &str, stream: &str, bytes: &[u8]) {
+fn log_captured(handler: &HandlerName, event_id: &str, stream: &str, bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
     for line in String::from_utf8_lossy(bytes).lines() {
-        tracing::info!(target: "evhost::handler", handler, event_id, stream, "{line}");
+        tracing::info!(target: "evhost::handler", handler = handler.as_str(), event_id, stream, "{line}");
     }
 }
 
 fn to_wit(event: &Event) -> WitEvent {
     WitEvent {
-        id: event.id.clone(),
-        source: event.source.clone(),
+        id: event.id().to_owned(),
+        source: event.source().to_owned(),
         specversion: crate::event::SPEC_VERSION.to_owned(),
-        type_: event.ty.clone(),
-        datacontenttype: event.datacontenttype.clone(),
-        dataschema: event.dataschema.clone(),
-        subject: event.subject.clone(),
-        time: event.time.clone(),
+        type_: event.ty().to_owned(),
+        datacontenttype: event.datacontenttype().map(str::to_owned),
+        dataschema: event.dataschema().map(str::to_owned),
+        subject: event.subject().map(str::to_owned),
+        time: event.time().map(str::to_owned),
         extensions: event
-            .extensions
+            .extensions()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        data: event.data.clone(),
+        data: event.data().map(<[u8]>::to_vec),
     }
 }

@@ -21,6 +21,7 @@
 //! transaction starts shares it and its one fsync (see [`writer`]).
 
 mod deployments;
+mod error;
 mod schema;
 mod writer;
 
@@ -33,7 +34,17 @@ use tokio::sync::oneshot;
 
 use crate::event::Event;
 
-pub use deployments::{StoredVersion, VersionInfo};
+pub use error::{StoreError, StoreErrorKind};
+
+/// What a store call answers.
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+pub use deployments::{
+    Applied, Deployment, DeploymentChange, HandlerRecord, ManifestEntry, Origin,
+};
+
+use crate::name::HandlerName;
+use crate::router::{OrderingKey, Routed};
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,21 +55,6 @@ pub enum Durability {
     /// No fsync (`synchronous=OFF`): survives a process crash, not a power cut. For measuring
     /// the cost of durability, never for production.
     Off,
-}
-
-/// A delivery to create for an appended event: one per subscribed handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewDelivery {
-    pub handler: String,
-    /// The ordering key, when the handler orders by key and the event has one.
-    pub ordering_key: Option<String>,
-}
-
-/// An event to append, with the deliveries the router made for it.
-#[derive(Debug, Clone)]
-pub struct Routed {
-    pub event: Event,
-    pub deliveries: Vec<NewDelivery>,
 }
 
 /// What became of one appended event.
@@ -81,8 +77,8 @@ impl Appended {
 pub struct PendingDelivery {
     pub id: i64,
     pub seq: i64,
-    pub handler: String,
-    pub ordering_key: Option<String>,
+    pub handler: HandlerName,
+    pub ordering_key: Option<OrderingKey>,
     /// Failed attempts so far.
     pub attempts: u32,
     /// Unix milliseconds before which it must not run (0 = now).
@@ -97,7 +93,7 @@ pub type StateWrite = (String, Option<Vec<u8>>);
 #[derive(Debug, Clone)]
 pub struct Commit {
     pub delivery_id: i64,
-    pub handler: String,
+    pub handler: HandlerName,
     /// The committed state keys the invocation read, with the version it saw (0: absent).
     /// If any changed since, the commit is refused with [`Committed::Conflict`].
     pub state_reads: Vec<(String, i64)>,
@@ -143,20 +139,65 @@ pub struct LoggedEvent {
     pub seq: i64,
     pub received_at_ms: i64,
     pub event: Event,
-    pub deliveries: Vec<DeliveryStatus>,
+    pub deliveries: Vec<LoggedDelivery>,
 }
 
-/// Where one delivery of a logged event stands.
+/// Where a delivery stands. The store keeps `pending`, `done`, `dead` and `discarded`; a
+/// pending delivery that has failed before is [`DeliveryStatus::Retrying`], waiting for its
+/// next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt.
+    Pending,
+    /// Failed, and waiting for its next attempt.
+    Retrying,
+    Done,
+    Dead,
+    /// A dead letter given up on for good.
+    Discarded,
+}
+
+impl DeliveryStatus {
+    /// From the store's `status` column and the attempts since the last redrive.
+    pub(crate) fn from_stored(status: &str, attempts: u32) -> Option<DeliveryStatus> {
+        Some(match status {
+            "pending" if attempts > 0 => DeliveryStatus::Retrying,
+            "pending" => DeliveryStatus::Pending,
+            "done" => DeliveryStatus::Done,
+            "dead" => DeliveryStatus::Dead,
+            "discarded" => DeliveryStatus::Discarded,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Done => "done",
+            DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Discarded => "discarded",
+        }
+    }
+
+    /// Whether the delivery is finished for now: nothing more happens to it unless an
+    /// operator redrives it.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, DeliveryStatus::Pending | DeliveryStatus::Retrying)
+    }
+}
+
+/// One delivery of a logged event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryStatus {
+pub struct LoggedDelivery {
     pub id: i64,
-    pub handler: String,
-    /// `pending`, `done`, `dead` or `discarded`.
-    pub status: String,
+    pub handler: HandlerName,
+    pub status: DeliveryStatus,
     /// Attempts since the last redrive.
     pub attempts: u32,
     pub redrives: u32,
-    /// For a pending delivery that failed before: when it is tried again (unix ms).
+    /// For a retrying delivery: when it is tried again (unix ms).
     pub not_before_ms: i64,
     pub last_error: Option<String>,
     /// The log positions of the events this delivery's handler emitted.
@@ -168,7 +209,7 @@ pub struct DeliveryStatus {
 pub struct DeadLetter {
     /// The delivery id, which redrive and discard take.
     pub id: i64,
-    pub handler: String,
+    pub handler: HandlerName,
     pub seq: i64,
     pub event: Event,
     pub attempts: u32,
@@ -203,7 +244,7 @@ pub struct DeadLetterQuery {
 pub enum RedriveTarget {
     Delivery(i64),
     /// Every dead letter of this handler.
-    Handler(String),
+    Handler(HandlerName),
 }
 
 /// The embedded store. Cheap to clone.
@@ -228,6 +269,7 @@ impl Store {
         let conn = Connection::open(&path)
             .with_context(|| format!("failed to open the store at {path:?}"))?;
         schema::prepare_writer(&conn, durability)
+            .and_then(|()| deployments::prepare(&conn))
             .with_context(|| format!("failed to prepare the store at {path:?}"))?;
         let metrics = crate::metrics::StoreMetrics::new()?;
         let writer = writer::Writer::spawn(conn, metrics.clone())?;
@@ -248,7 +290,7 @@ impl Store {
 
     /// Append events (one request's worth: all or nothing) and their deliveries; returns once
     /// durable, handing each event back with what became of it.
-    pub async fn append(&self, events: Vec<Routed>) -> Result<Vec<(Routed, Appended)>> {
+    pub async fn append(&self, events: Vec<Routed>) -> StoreResult<Vec<(Routed, Appended)>> {
         self.write(move |tx, now| {
             let outcomes = events
                 .iter()
@@ -260,43 +302,44 @@ impl Store {
     }
 
     /// Commit an invocation's effects and mark its delivery done; returns once durable.
-    pub async fn commit(&self, commit: Commit) -> Result<Committed> {
+    pub async fn commit(&self, commit: Commit) -> StoreResult<Committed> {
         self.write(move |tx, now| schema::commit(tx, &commit, now))
             .await
     }
 
     /// Record a failed attempt: schedule the retry, or dead-letter the delivery.
-    pub async fn fail(&self, failure: Failure) -> Result<()> {
+    pub async fn fail(&self, failure: Failure) -> StoreResult<()> {
         self.write(move |tx, now| schema::fail(tx, &failure, now))
             .await
     }
 
     /// Put dead deliveries back to pending, with a fresh attempt count. Returns the handler
     /// of each redriven delivery (empty: nothing was dead).
-    pub async fn redrive(&self, target: RedriveTarget) -> Result<Vec<String>> {
+    pub async fn redrive(&self, target: RedriveTarget) -> StoreResult<Vec<HandlerName>> {
         self.write(move |tx, now| schema::redrive(tx, &target, now))
             .await
     }
 
     /// Give up on a dead delivery; `false` when `id` is not a dead delivery.
-    pub async fn discard(&self, id: i64) -> Result<bool> {
+    pub async fn discard(&self, id: i64) -> StoreResult<bool> {
         self.write(move |tx, now| schema::discard(tx, id, now))
             .await
     }
 
     /// Run `apply` in the writer's next group commit; returns once it is durable.
-    async fn write<T, F>(&self, apply: F) -> Result<T>
+    async fn write<T, F>(&self, apply: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         self.inner.writer.send(writer::job(reply, apply))?;
-        rx.await.context("the store writer stopped")?
+        rx.await
+            .map_err(|_| StoreError::broken("the store writer stopped"))?
     }
 
     /// Dead letters, oldest first, with every error.
-    pub async fn dead_letters(&self, query: DeadLetterQuery) -> Result<Vec<DeadLetter>> {
+    pub async fn dead_letters(&self, query: DeadLetterQuery) -> StoreResult<Vec<DeadLetter>> {
         self.read(move |conn| schema::dead_letters(conn, &query))
             .await
     }
@@ -305,23 +348,23 @@ impl Store {
     /// first, due or not.
     pub async fn pending(
         &self,
-        handler: &str,
+        handler: &HandlerName,
         after_id: i64,
         limit: u32,
-    ) -> Result<Vec<PendingDelivery>> {
-        let handler = handler.to_owned();
+    ) -> StoreResult<Vec<PendingDelivery>> {
+        let handler = handler.clone();
         self.read(move |conn| schema::pending(conn, &handler, after_id, limit))
             .await
     }
 
     /// How many deliveries are pending per handler (for back-pressure after a restart).
-    pub async fn pending_counts(&self) -> Result<Vec<(String, u64)>> {
+    pub async fn pending_counts(&self) -> StoreResult<Vec<(HandlerName, u64)>> {
         self.read(|conn| schema::counts_by_handler(conn, "pending"))
             .await
     }
 
     /// How many deliveries are dead-lettered per handler.
-    pub async fn dead_counts(&self) -> Result<Vec<(String, u64)>> {
+    pub async fn dead_counts(&self) -> StoreResult<Vec<(HandlerName, u64)>> {
         self.read(|conn| schema::counts_by_handler(conn, "dead"))
             .await
     }
@@ -332,19 +375,19 @@ impl Store {
     }
 
     /// The event log, oldest first, with each event's deliveries.
-    pub async fn events(&self, query: EventQuery) -> Result<Vec<LoggedEvent>> {
+    pub async fn events(&self, query: EventQuery) -> StoreResult<Vec<LoggedEvent>> {
         self.read(move |conn| schema::events(conn, &query)).await
     }
 
     /// A state reader scoped to one handler: the only way to read handler state.
-    pub fn state_reader(&self, handler: &str) -> StateReader {
+    pub fn state_reader(&self, handler: &HandlerName) -> StateReader {
         StateReader {
-            handler: handler.to_owned(),
+            handler: handler.clone(),
             readers: self.inner.clone(),
         }
     }
 
-    async fn read<T, F>(&self, f: F) -> Result<T>
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -352,7 +395,8 @@ impl Store {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.readers.with(f))
             .await
-            .context("a store read panicked")?
+            .map_err(|_| StoreError::broken("a store read panicked"))?
+            .map_err(|err| StoreError::classify(&err))
     }
 }
 
@@ -360,12 +404,12 @@ impl Store {
 /// pooled connection (microseconds), cheaper than a hop to the blocking pool.
 #[derive(Clone)]
 pub struct StateReader {
-    handler: String,
+    handler: HandlerName,
     readers: Arc<Inner>,
 }
 
 impl StateReader {
-    pub fn handler(&self) -> &str {
+    pub fn handler(&self) -> &HandlerName {
         &self.handler
     }
 
@@ -379,7 +423,7 @@ impl StateReader {
         self.readers.readers.with(|conn| {
             let row = conn
                 .prepare_cached("SELECT value, version FROM state WHERE handler = ?1 AND key = ?2")?
-                .query_row(params![self.handler, key], |row| {
+                .query_row(params![self.handler.as_str(), key], |row| {
                     Ok((row.get(0)?, row.get(1)?))
                 })
                 .optional()?;
@@ -395,7 +439,7 @@ impl StateReader {
                  AND value IS NOT NULL ORDER BY key",
             )?;
             let keys = stmt
-                .query_map(params![self.handler, prefix], |row| row.get(0))?
+                .query_map(params![self.handler.as_str(), prefix], |row| row.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
             Ok(keys)
         })

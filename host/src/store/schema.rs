@@ -11,9 +11,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     Appended, Attempt, Commit, Committed, DeadLetter, DeadLetterQuery, DeliveryStatus, Durability,
-    EventQuery, Failure, LoggedEvent, PendingDelivery, RedriveTarget, Routed, now_ms,
+    EventQuery, Failure, LoggedDelivery, LoggedEvent, PendingDelivery, RedriveTarget, now_ms,
 };
-use crate::event::Event;
+use crate::event::{Event, EventBuilder};
+use crate::name::HandlerName;
+use crate::router::{OrderingKey, Routed};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -86,8 +88,6 @@ pub(super) fn prepare_writer(conn: &Connection, durability: Durability) -> Resul
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)
         .context("failed to create the schema")?;
-    conn.execute_batch(super::deployments::SCHEMA)
-        .context("failed to create the deployment schema")?;
     Ok(())
 }
 
@@ -107,27 +107,27 @@ pub(super) fn append(
     let event = &routed.event;
     let existing: Option<i64> = tx
         .prepare_cached("SELECT seq FROM events WHERE source = ?1 AND id = ?2")?
-        .query_row(params![event.source, event.id], |row| row.get(0))
+        .query_row(params![event.source(), event.id()], |row| row.get(0))
         .optional()?;
     if let Some(seq) = existing {
         return Ok(Appended::Duplicate { seq });
     }
-    let extensions = serde_json::to_string(&event.extensions)?;
+    let extensions = serde_json::to_string(event.extensions())?;
     tx.prepare_cached(
         "INSERT INTO events (id, source, type, subject, time, datacontenttype, dataschema, \
          extensions, data, received_at, caused_by) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
-        event.id,
-        event.source,
-        event.ty,
-        event.subject,
-        event.time,
-        event.datacontenttype,
-        event.dataschema,
+        event.id(),
+        event.source(),
+        event.ty(),
+        event.subject(),
+        event.time(),
+        event.datacontenttype(),
+        event.dataschema(),
         extensions,
-        event.data,
+        event.data(),
         now,
         caused_by
     ])?;
@@ -137,7 +137,8 @@ pub(super) fn append(
          VALUES (?1, ?2, ?3, 'pending', ?4)",
     )?;
     for delivery in &routed.deliveries {
-        insert.execute(params![seq, delivery.handler, delivery.ordering_key, now])?;
+        let key = delivery.ordering_key.as_ref().map(stored_key);
+        insert.execute(params![seq, delivery.handler.as_str(), key, now])?;
     }
     Ok(Appended::New { seq })
 }
@@ -149,7 +150,8 @@ pub(super) fn commit(tx: &Connection, commit: &Commit, now: i64) -> Result<Commi
         "SELECT coalesce((SELECT version FROM state WHERE handler = ?1 AND key = ?2), 0)",
     )?;
     for (key, read_version) in &commit.state_reads {
-        let current: i64 = version_of.query_row(params![commit.handler, key], |row| row.get(0))?;
+        let current: i64 =
+            version_of.query_row(params![commit.handler.as_str(), key], |row| row.get(0))?;
         if current != *read_version {
             return Ok(Committed::Conflict { key: key.clone() });
         }
@@ -172,8 +174,8 @@ pub(super) fn commit(tx: &Connection, commit: &Commit, now: i64) -> Result<Commi
     )?;
     for (key, value) in &commit.state_writes {
         match value {
-            Some(value) => upsert.execute(params![commit.handler, key, value])?,
-            None => delete.execute(params![commit.handler, key])?,
+            Some(value) => upsert.execute(params![commit.handler.as_str(), key, value])?,
+            None => delete.execute(params![commit.handler.as_str(), key])?,
         };
     }
     let emitted = commit
@@ -216,7 +218,11 @@ pub(super) fn fail(tx: &Connection, failure: &Failure, now: i64) -> Result<()> {
 
 /// Put dead deliveries back to pending with a fresh attempt count: the one with `id`, or
 /// all of `handler`'s. Returns the handlers of the redriven deliveries.
-pub(super) fn redrive(tx: &Connection, target: &RedriveTarget, now: i64) -> Result<Vec<String>> {
+pub(super) fn redrive(
+    tx: &Connection,
+    target: &RedriveTarget,
+    now: i64,
+) -> Result<Vec<HandlerName>> {
     let sql = "UPDATE deliveries SET status = 'pending', attempts = 0, not_before = 0, \
                redrives = redrives + 1, updated_at = ?3 \
                WHERE status = 'dead' AND (id = ?1 OR handler = ?2) RETURNING handler";
@@ -226,9 +232,9 @@ pub(super) fn redrive(tx: &Connection, target: &RedriveTarget, now: i64) -> Resu
     };
     let mut stmt = tx.prepare_cached(sql)?;
     let handlers = stmt
-        .query_map(params![id, handler, now], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(handlers)
+        .query_map(params![id, handler, now], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    handlers.into_iter().map(stored_name).collect()
 }
 
 /// Give up on a dead delivery for good; `false` when there is no dead delivery `id`.
@@ -256,7 +262,7 @@ fn event_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<Event> {
                 Box::new(err),
             )
         })?;
-    Ok(Event {
+    Ok(Event::from_stored(EventBuilder {
         id: row.get(offset + 1)?,
         source: row.get(offset + 2)?,
         ty: row.get(offset + 3)?,
@@ -266,12 +272,35 @@ fn event_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<Event> {
         dataschema: row.get(offset + 7)?,
         extensions,
         data: row.get(offset + 9)?,
+    }))
+}
+
+/// How an ordering key is stored: a key as itself, `serial` as the empty string. A keyed
+/// handler's empty key reads back as `serial`, which orders the same (one line for the
+/// handler's deliveries with that key), and both never meet in one handler's backlog but
+/// across a redeploy that changed its ordering.
+fn stored_key(key: &OrderingKey) -> &str {
+    match key {
+        OrderingKey::Serial => "",
+        OrderingKey::Key(key) => key,
+    }
+}
+
+fn key_from_stored(key: Option<String>) -> Option<OrderingKey> {
+    key.map(|key| match key.is_empty() {
+        true => OrderingKey::Serial,
+        false => OrderingKey::Key(key),
     })
+}
+
+/// A handler name read from the store, which only ever wrote valid ones.
+pub(super) fn stored_name(name: String) -> Result<HandlerName> {
+    HandlerName::new(name).context("the store holds an invalid handler name")
 }
 
 pub(super) fn pending(
     conn: &Connection,
-    handler: &str,
+    handler: &HandlerName,
     after_id: i64,
     limit: u32,
 ) -> Result<Vec<PendingDelivery>> {
@@ -281,26 +310,33 @@ pub(super) fn pending(
          WHERE d.handler = ?1 AND d.status = 'pending' AND d.id > ?3 ORDER BY d.id LIMIT ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![handler, limit, after_id], |row| {
+    let rows = stmt.query_map(params![handler.as_str(), limit, after_id], |row| {
         Ok(PendingDelivery {
             id: row.get(0)?,
-            ordering_key: row.get(1)?,
+            ordering_key: key_from_stored(row.get(1)?),
             attempts: row.get(2)?,
             not_before_ms: row.get(3)?,
             seq: row.get(4)?,
             event: event_from_row(row, 4)?,
-            handler: handler.to_owned(),
+            handler: handler.clone(),
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub(super) fn counts_by_handler(conn: &Connection, status: &str) -> Result<Vec<(String, u64)>> {
+pub(super) fn counts_by_handler(
+    conn: &Connection,
+    status: &str,
+) -> Result<Vec<(HandlerName, u64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT handler, count(*) FROM deliveries WHERE status = ?1 GROUP BY handler",
     )?;
-    let rows = stmt.query_map([status], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = stmt.query_map([status], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?;
+    rows.map(|row| {
+        let (name, count) = row?;
+        Ok((stored_name(name)?, count))
+    })
+    .collect()
 }
 
 pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<Vec<LoggedEvent>> {
@@ -338,7 +374,7 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<Vec<Logged
 }
 
 /// Every delivery of the event at `seq`, with the events each one caused.
-fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<DeliveryStatus>> {
+fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<LoggedDelivery>> {
     let mut deliveries = conn.prepare_cached(
         "SELECT id, handler, status, attempts, redrives, not_before, last_error FROM deliveries \
          WHERE event_seq = ?1 ORDER BY id",
@@ -347,11 +383,12 @@ fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<DeliveryStatus>> {
         conn.prepare_cached("SELECT seq FROM events WHERE caused_by = ?1 ORDER BY seq")?;
     let mut all = deliveries
         .query_map(params![seq], |row| {
-            Ok(DeliveryStatus {
+            let attempts = row.get(3)?;
+            Ok(LoggedDelivery {
                 id: row.get(0)?,
-                handler: row.get(1)?,
-                status: row.get(2)?,
-                attempts: row.get(3)?,
+                handler: name_at(row, 1)?,
+                status: status_at(row, 2, attempts)?,
+                attempts,
                 redrives: row.get(4)?,
                 not_before_ms: row.get(5)?,
                 last_error: row.get(6)?,
@@ -360,13 +397,32 @@ fn deliveries_of(conn: &Connection, seq: i64) -> Result<Vec<DeliveryStatus>> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for delivery in &mut all {
-        if delivery.status == "done" {
+        if delivery.status == DeliveryStatus::Done {
             delivery.caused = caused
                 .query_map(params![delivery.id], |row| row.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
         }
     }
     Ok(all)
+}
+
+/// The handler name in column `index`; the store only ever wrote valid ones.
+fn name_at(row: &Row<'_>, index: usize) -> rusqlite::Result<HandlerName> {
+    HandlerName::new(row.get::<_, String>(index)?).map_err(|err| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
+    })
+}
+
+/// The delivery status in column `index`, told apart from its attempt count.
+fn status_at(row: &Row<'_>, index: usize, attempts: u32) -> rusqlite::Result<DeliveryStatus> {
+    let stored: String = row.get(index)?;
+    DeliveryStatus::from_stored(&stored, attempts).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown delivery status {stored:?}").into(),
+        )
+    })
 }
 
 pub(super) fn dead_letters(conn: &Connection, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>> {
@@ -390,7 +446,7 @@ pub(super) fn dead_letters(conn: &Connection, query: &DeadLetterQuery) -> Result
             |row| {
                 Ok(DeadLetter {
                     id: row.get(0)?,
-                    handler: row.get(1)?,
+                    handler: name_at(row, 1)?,
                     attempts: row.get(2)?,
                     redrives: row.get(3)?,
                     died_at_ms: row.get(4)?,

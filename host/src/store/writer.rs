@@ -10,10 +10,11 @@
 use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::StoreError;
 use super::schema;
 use crate::metrics::StoreMetrics;
 
@@ -33,27 +34,26 @@ pub(super) trait Answer: Send {
 }
 
 struct Reply<T> {
-    to: oneshot::Sender<Result<T>>,
+    to: oneshot::Sender<Result<T, StoreError>>,
     result: Result<T>,
 }
 
 impl<T: Send> Answer for Reply<T> {
     fn send(self: Box<Self>) {
+        let result = self.result.map_err(|err| StoreError::classify(&err));
         // A requester that gave up (its HTTP client left) is no reason to stop.
-        drop(self.to.send(self.result));
+        drop(self.to.send(result));
     }
 
     fn send_error(self: Box<Self>, error: &anyhow::Error) {
-        drop(
-            self.to
-                .send(Err(anyhow!("the store failed to commit: {error:#}"))),
-        );
+        let error = StoreError::classify(error).context("the store failed to commit");
+        drop(self.to.send(Err(error)));
     }
 }
 
 /// Wrap `apply` as a [`Job`] whose result goes to `to`. `apply` runs in a savepoint of its
 /// own, so that its failure rolls back only itself, not the rest of the group.
-pub(super) fn job<T, F>(to: oneshot::Sender<Result<T>>, apply: F) -> Job
+pub(super) fn job<T, F>(to: oneshot::Sender<Result<T, StoreError>>, apply: F) -> Job
 where
     T: Send + 'static,
     F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
@@ -83,10 +83,10 @@ impl Writer {
         Ok(Writer { queue })
     }
 
-    pub(super) fn send(&self, job: Job) -> Result<()> {
+    pub(super) fn send(&self, job: Job) -> Result<(), StoreError> {
         self.queue
             .send(job)
-            .map_err(|_| anyhow!("the store writer stopped"))
+            .map_err(|_| StoreError::broken("the store writer stopped"))
     }
 }
 

@@ -1,0 +1,453 @@
+//! Deploy: one path from what should run to what runs.
+//!
+//! The manifest at start, `--watch`, an API deploy, a rollback and a removal each make a
+//! [`Plan`]. [`Deployer::apply`] carries out any plan the same way:
+//!
+//! 1. **diff** the plan against the stored deployment records ([`plan::diff`], pure);
+//! 2. **build** what will run and is not running yet, off the async threads: each distinct
+//!    module compiled once (by digest), linked per handler; every problem is collected and
+//!    the plan fails whole, with nothing changed;
+//! 3. **persist** every change in one store transaction (new versions are numbered here);
+//! 4. **swap** the live set, routes and handlers together, in one step; then start the
+//!    workers of new handlers and retire those of removed ones.
+//!
+//! Deliveries already running finish on the version they started with; every delivery not
+//! yet started runs on the new one. If any step fails before the swap, the old versions stay.
+//! The stored records are the desired state: a host that starts makes them live by the same
+//! path (a plan that changes nothing still builds what is not running), which is also how a
+//! deploy made elsewhere would reach this host.
+//!
+//! Ownership (who may remove a handler, what the manifest changes) is in [`plan`].
+
+mod build;
+pub mod plan;
+mod watch;
+
+pub use plan::{Module, Plan, Wanted};
+pub use watch::watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::Mutex;
+
+use crate::clock::Clock;
+use crate::config::Manifest;
+use crate::live::{HandlerSlot, Live, LiveHandler, LiveSet};
+use crate::name::{AppName, HandlerName};
+use crate::runtime::{DeployedHandler, Runtime};
+use crate::scheduler::Scheduler;
+use crate::store::{Applied, Deployment, DeploymentChange, Origin, Store, StoreError};
+use plan::{Step, Stored};
+
+/// The error recorded on pending deliveries of a removed handler.
+pub const REMOVED_REASON: &str = "handler removed";
+
+/// Why a plan was not carried out. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// Modules or settings are wrong: every problem, one line each, naming the handler.
+    #[error("{}", problems(.0))]
+    Invalid(Vec<String>),
+    #[error("no handler `{0}` is deployed")]
+    NotFound(HandlerName),
+    #[error("handler `{0}` has no earlier version to roll back to")]
+    NoEarlierVersion(HandlerName),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn problems(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        many => format!(
+            "{} handler(s) failed to load:\n  {}",
+            many.len(),
+            many.join("\n  ")
+        ),
+    }
+}
+
+/// What a plan changed, handler by handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Deployed {
+        deployment: Deployment,
+        /// No version of the handler was live before.
+        created: bool,
+    },
+    /// Asked for, and already live.
+    Unchanged(Deployment),
+    /// The manifest took over a handler that runs as it lists it.
+    Adopted(HandlerName),
+    RolledBack(Deployment),
+    Removed {
+        handler: HandlerName,
+        dead_lettered: usize,
+    },
+}
+
+/// Carries out plans, one at a time.
+pub struct Deployer {
+    store: Store,
+    runtime: Arc<Runtime>,
+    live: Arc<Live>,
+    scheduler: Arc<Scheduler>,
+    clock: Clock,
+    /// The application: emitted events get the source `/{app}/{handler}`.
+    app: AppName,
+    /// One plan at a time: each reads the stored state and changes it.
+    changes: Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(
+        store: Store,
+        runtime: Arc<Runtime>,
+        live: Arc<Live>,
+        scheduler: Arc<Scheduler>,
+        clock: Clock,
+        app: AppName,
+    ) -> Deployer {
+        Deployer {
+            store,
+            runtime,
+            live,
+            scheduler,
+            clock,
+            app,
+            changes: Mutex::new(()),
+        }
+    }
+
+    pub fn app(&self) -> &AppName {
+        &self.app
+    }
+
+    /// At start: apply the manifest (or, without one, what is stored), which makes every
+    /// stored handler live, and dead-letter what is pending for handlers that are gone.
+    pub async fn start(&self, manifest: Option<&Manifest>) -> anyhow::Result<()> {
+        let plan = match manifest {
+            Some(manifest) => {
+                let manifest = manifest.clone();
+                tokio::task::spawn_blocking(move || Plan::from_manifest(&manifest))
+                    .await
+                    .context("reading the manifest's modules panicked")?
+            }
+            None => Plan::Stored,
+        };
+        let changes = self
+            .apply(plan)
+            .await
+            .map_err(|err| match (&err, manifest) {
+                (DeployError::Invalid(problems), Some(manifest)) => anyhow::anyhow!(
+                    "{}: {} handler(s) failed to load:\n  {}",
+                    manifest.path.display(),
+                    problems.len(),
+                    problems.join("\n  ")
+                ),
+                _ => anyhow::Error::from(err),
+            })?;
+        for change in changes {
+            log_change(&change, Origin::Manifest);
+        }
+        let orphans = self.store.dead_letter_orphans(REMOVED_REASON).await?;
+        if orphans > 0 {
+            tracing::warn!(
+                dead_lettered = orphans,
+                "pending deliveries of removed handlers"
+            );
+        }
+        Ok(())
+    }
+
+    /// Deploy `module` as the next version of `name` (an API deploy).
+    pub async fn deploy(
+        &self,
+        name: HandlerName,
+        module: Vec<u8>,
+        settings: Option<crate::config::HandlerSettings>,
+    ) -> Result<Change, DeployError> {
+        let module = Module::new(module, "the uploaded module");
+        let plan = Plan::Put {
+            name,
+            module,
+            settings,
+        };
+        self.apply_one(plan).await
+    }
+
+    /// Make the version before the live one live again.
+    pub async fn rollback(&self, name: HandlerName) -> Result<Change, DeployError> {
+        self.apply_one(Plan::Rollback { name }).await
+    }
+
+    /// Remove `name`: nothing routes to it any more, and what was pending for it is
+    /// dead-lettered with the reason `handler removed`.
+    pub async fn remove(&self, name: HandlerName) -> Result<Change, DeployError> {
+        self.apply_one(Plan::Remove { name }).await
+    }
+
+    async fn apply_one(&self, plan: Plan) -> Result<Change, DeployError> {
+        let changes = self.apply(plan).await?;
+        let change = changes
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::broken("a plan of one change changed nothing"))?;
+        log_change(&change, Origin::Api);
+        Ok(change)
+    }
+
+    /// Carry out `plan` (module docs): diff, build, persist, swap.
+    pub async fn apply(&self, plan: Plan) -> Result<Vec<Change>, DeployError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let mut stored = Stored {
+            records: self
+                .store
+                .handler_records()
+                .await?
+                .into_iter()
+                .map(|record| (record.name.clone(), record))
+                .collect(),
+            versions: BTreeMap::new(),
+        };
+        if let Plan::Rollback { name } = &plan {
+            stored
+                .versions
+                .insert(name.clone(), self.store.versions(name).await?);
+        }
+        let early_problems = plan.problems().to_vec();
+        let steps = plan::diff(&stored, plan)?;
+        let live = self.live.current();
+
+        // Build: every step's new version, and every stored live version not running yet.
+        let mut items = Vec::new();
+        let mut touched = BTreeSet::new();
+        for step in &steps {
+            match step {
+                Step::Deploy {
+                    name,
+                    module,
+                    settings,
+                    ..
+                } => items.push(build::Item {
+                    name: name.clone(),
+                    sha256: module.sha256.clone(),
+                    settings: settings.clone(),
+                    bytes: Some(module.bytes.clone()),
+                    from: module.from.clone(),
+                }),
+                Step::Activate { target } => items.push(stored_item(target)),
+                Step::Remove { .. } | Step::Adopt { .. } | Step::Unchanged { .. } => {}
+            }
+            touched.insert(step_name(step).clone());
+        }
+        for record in stored.records.values() {
+            if let Some(active) = &record.active
+                && !touched.contains(&record.name)
+                && live
+                    .handler(record.name.as_str())
+                    .is_none_or(|h| h.deployed.version() != active.version)
+            {
+                items.push(stored_item(active));
+            }
+        }
+        let built = build::build(&self.runtime, &self.store, &live, items).await;
+        let mut problems = early_problems;
+        let mut linked = match built {
+            Ok(linked) => linked,
+            Err(build_problems) => {
+                problems.extend(build_problems);
+                BTreeMap::new()
+            }
+        };
+        if !problems.is_empty() {
+            return Err(DeployError::Invalid(problems));
+        }
+
+        // Persist.
+        let store_changes: Vec<DeploymentChange> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Deploy {
+                    name,
+                    module,
+                    settings,
+                    origin,
+                    ..
+                } => Some(DeploymentChange::Deploy {
+                    handler: name.clone(),
+                    module_sha256: module.sha256.clone(),
+                    module: Some(module.bytes.clone()),
+                    settings: settings.clone(),
+                    origin: *origin,
+                }),
+                Step::Adopt { name, entry } => Some(DeploymentChange::Adopt {
+                    handler: name.clone(),
+                    entry: entry.clone(),
+                }),
+                Step::Activate { target } => Some(DeploymentChange::Activate {
+                    handler: target.handler.clone(),
+                    version: target.version,
+                }),
+                Step::Remove { name, by, .. } => Some(DeploymentChange::Remove {
+                    handler: name.clone(),
+                    reason: REMOVED_REASON.to_owned(),
+                    by: *by,
+                }),
+                Step::Unchanged { .. } => None,
+            })
+            .collect();
+        let mut applied = match store_changes.is_empty() {
+            true => Vec::new(),
+            false => self.store.apply_deployments(store_changes).await?,
+        }
+        .into_iter();
+
+        // What runs next: the stored live versions, built or kept.
+        let mut handlers: BTreeMap<HandlerName, LiveHandler> = BTreeMap::new();
+        let mut changes = Vec::new();
+        let mut next_version: BTreeMap<HandlerName, Deployment> = stored
+            .records
+            .values()
+            .filter_map(|r| Some((r.name.clone(), r.active.clone()?)))
+            .collect();
+        for step in steps {
+            match step {
+                Step::Unchanged { deployment } => changes.push(Change::Unchanged(deployment)),
+                Step::Deploy { created, .. } => {
+                    if let Some(Applied::Deployed(deployment)) = applied.next() {
+                        next_version.insert(deployment.handler.clone(), deployment.clone());
+                        changes.push(Change::Deployed {
+                            deployment,
+                            created,
+                        });
+                    }
+                }
+                Step::Adopt { .. } => {
+                    if let Some(Applied::Adopted(handler)) = applied.next() {
+                        changes.push(Change::Adopted(handler));
+                    }
+                }
+                Step::Activate { .. } => {
+                    if let Some(Applied::Activated(deployment)) = applied.next() {
+                        next_version.insert(deployment.handler.clone(), deployment.clone());
+                        changes.push(Change::RolledBack(deployment));
+                    }
+                }
+                Step::Remove { was_live, .. } => {
+                    if let Some(Applied::Removed {
+                        handler,
+                        dead_lettered,
+                    }) = applied.next()
+                    {
+                        next_version.remove(&handler);
+                        if was_live {
+                            changes.push(Change::Removed {
+                                handler,
+                                dead_lettered,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let pending = match next_version
+            .keys()
+            .any(|name| live.handler(name.as_str()).is_none())
+        {
+            true => self.store.pending_counts().await?.into_iter().collect(),
+            false => BTreeMap::new(),
+        };
+        for (name, deployment) in next_version {
+            let running = live.handler(name.as_str());
+            let deployed = match (running, linked.remove(&name)) {
+                (_, Some(linked)) => Arc::new(DeployedHandler::new(deployment, linked, &self.app)),
+                (Some(running), None) => running.deployed.clone(),
+                (None, None) => {
+                    return Err(StoreError::broken(format!(
+                        "handler `{name}` was neither built nor running"
+                    ))
+                    .into());
+                }
+            };
+            let slot = match running {
+                Some(running) => running.slot.clone(),
+                None => Arc::new(HandlerSlot::new(
+                    deployed.settings().concurrency,
+                    pending.get(&name).copied().unwrap_or(0),
+                    self.clock,
+                )),
+            };
+            handlers.insert(name, LiveHandler { deployed, slot });
+        }
+
+        // Swap, then let the workers follow.
+        let before = self.live.replace(LiveSet::new(handlers));
+        let after = self.live.current();
+        for (name, handler) in after.handlers() {
+            match before.handler(name.as_str()) {
+                None => self
+                    .scheduler
+                    .start_worker(name.clone(), handler.slot.clone()),
+                Some(old) if !Arc::ptr_eq(&old.deployed, &handler.deployed) => {
+                    handler.slot.resize(handler.deployed.settings().concurrency);
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, old) in before.handlers() {
+            if after.handler(name.as_str()).is_none() {
+                old.slot.retire();
+            }
+        }
+        Ok(changes)
+    }
+}
+
+/// A stored version to build, its module read from the store.
+fn stored_item(deployment: &Deployment) -> build::Item {
+    build::Item {
+        name: deployment.handler.clone(),
+        sha256: deployment.module_sha256.clone(),
+        settings: deployment.settings.clone(),
+        bytes: None,
+        from: format!("of version {}", deployment.version),
+    }
+}
+
+fn step_name(step: &Step) -> &HandlerName {
+    match step {
+        Step::Deploy { name, .. } | Step::Adopt { name, .. } | Step::Remove { name, .. } => name,
+        Step::Activate { target } => &target.handler,
+        Step::Unchanged { deployment } => &deployment.handler,
+    }
+}
+
+fn log_change(change: &Change, by: Origin) {
+    let by = by.as_str();
+    match change {
+        Change::Deployed { deployment, .. } => tracing::info!(
+            handler = deployment.handler.as_str(),
+            version = deployment.version,
+            sha256 = deployment.module_sha256,
+            by,
+            "deployed"
+        ),
+        Change::RolledBack(deployment) => tracing::info!(
+            handler = deployment.handler.as_str(),
+            version = deployment.version,
+            by,
+            "rolled back"
+        ),
+        Change::Removed {
+            handler,
+            dead_lettered,
+        } => tracing::info!(handler = handler.as_str(), dead_lettered, by, "removed"),
+        Change::Adopted(handler) => {
+            tracing::info!(handler = handler.as_str(), "now owned by the manifest")
+        }
+        Change::Unchanged(_) => {}
+    }
+}

@@ -1,0 +1,447 @@
+//! The scheduler: when each pending delivery runs, and what happens after.
+//!
+//! One worker task per live handler reads the handler's pending deliveries from the store
+//! (pending work lives there, not in memory queues, so it survives a restart and memory stays
+//! bounded), asks [`select`] which of them the rules let start now, runs each on the Wasm
+//! threads, and hands each outcome to the store: a success commits the handler's effects with
+//! the delivery, a failure records the error and schedules a retry with backoff or
+//! dead-letters the delivery. Only the scheduler settles deliveries.
+//!
+//! The rules themselves (concurrency, key FIFO, serial, due times, rate) are the pure
+//! function in [`select`]; this module is the I/O around it. Time comes from the host's
+//! [`Clock`].
+//!
+//! # Invariants
+//!
+//! - A delivery is never started twice at once: the worker alone adds to and removes from
+//!   its backlog's running set, and it removes a delivery only after that delivery's outcome
+//!   is durable, so a later read of the store can no longer see it pending.
+//! - A delivery runs on the version live when it starts (re-runs after a state conflict take
+//!   the version live then); a new version never interrupts one that runs.
+
+mod select;
+
+pub use select::{Backlog, Selection, TokenBucket, select};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::capabilities::Staged;
+use crate::clock::Clock;
+use crate::config::Backoff;
+use crate::live::{HandlerSlot, Live};
+use crate::metrics::{Metrics, Outcome};
+use crate::name::HandlerName;
+use crate::runtime::{DeployedHandler, InvokeError, Runtime};
+use crate::store::{Commit, Committed, Failure, PendingDelivery, Store, StoreResult};
+
+/// Pending deliveries read per look at the store, beyond the handler's concurrency. Deeper
+/// windows let more keys proceed past a blocked one, at the cost of a larger read.
+const MIN_WINDOW: u32 = 256;
+
+/// Times one delivery is re-run because the state it read changed before its commit; past
+/// this the conflict counts as a failed attempt (a key that hot is a design problem).
+const MAX_CONFLICT_RERUNS: u32 = 100;
+
+/// After a store error the worker waits this long before looking again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+/// Runs every live handler's deliveries.
+pub struct Scheduler {
+    store: Store,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    live: Arc<Live>,
+    clock: Clock,
+    shutdown: watch::Sender<bool>,
+}
+
+/// What became of a delivery a worker started, reported back to the worker.
+enum AfterRun {
+    /// Done or dead-lettered (or settled by someone else): it leaves the backlog.
+    Settled,
+    /// Still pending: it waits in the backlog until this time (unix ms), holding its key.
+    Again { not_before_ms: i64 },
+}
+
+struct Finished {
+    delivery: PendingDelivery,
+    after: AfterRun,
+}
+
+impl Scheduler {
+    pub fn new(
+        store: Store,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+        live: Arc<Live>,
+        clock: Clock,
+    ) -> Arc<Scheduler> {
+        Arc::new(Scheduler {
+            store,
+            runtime,
+            metrics,
+            live,
+            clock,
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Start the worker of handler `name`, which runs until the handler's slot is retired (or
+    /// replaced) or the host stops. The handler must be in the live set already.
+    pub fn start_worker(self: &Arc<Self>, name: HandlerName, slot: Arc<HandlerSlot>) {
+        let scheduler = self.clone();
+        tokio::spawn(async move { scheduler.run_worker(name, slot).await });
+    }
+
+    /// Stop starting invocations, and wait up to `grace` for those in flight to finish.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown.send_replace(true);
+        let live = self.live.current();
+        let drained = async {
+            for handler in live.handlers().values() {
+                let slot = &handler.slot;
+                // Every permit back means no invocation of this handler is running.
+                drop(slot.permits().acquire_many(slot.concurrency()).await);
+            }
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "invocations still running at shutdown; they will be retried on the next start"
+            );
+        }
+    }
+
+    /// The version of `name` live now, if the handler is still (this same slot) live.
+    fn live_version(
+        &self,
+        name: &HandlerName,
+        slot: &Arc<HandlerSlot>,
+    ) -> Option<Arc<DeployedHandler>> {
+        let live = self.live.current();
+        let handler = live.handler(name.as_str())?;
+        Arc::ptr_eq(&handler.slot, slot).then(|| handler.deployed.clone())
+    }
+
+    async fn run_worker(self: Arc<Self>, name: HandlerName, slot: Arc<HandlerSlot>) {
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut backlog = Backlog::default();
+        let mut bucket: Option<(u32, Option<TokenBucket>)> = None;
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if *shutdown.borrow() || slot.is_retired() {
+                return;
+            }
+            let Some(deployed) = self.live_version(&name, &slot) else {
+                return;
+            };
+            // A new version brings its own rate: a fresh bucket.
+            if bucket
+                .as_ref()
+                .is_none_or(|(version, _)| *version != deployed.version())
+            {
+                let rate = deployed.settings().rate;
+                let fresh = rate.map(|rate| TokenBucket::new(rate, self.clock.now_ms()));
+                bucket = Some((deployed.version(), fresh));
+            }
+            let rate = bucket.as_mut().and_then(|(_, bucket)| bucket.as_mut());
+            let wake_at = match self
+                .dispatch(&deployed, &slot, &mut backlog, rate, &finished_tx)
+                .await
+            {
+                Ok(wake_at) => wake_at,
+                Err(err) => {
+                    tracing::error!(
+                        handler = name.as_str(),
+                        error = %err,
+                        "failed to read pending deliveries"
+                    );
+                    Some(self.clock.now_ms() + STORE_ERROR_PAUSE.as_millis() as i64)
+                }
+            };
+            let sleep = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep(self.clock.until(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(finished) = finished_rx.recv() => {
+                    record(&mut backlog, finished);
+                    // Take every other report already waiting before dispatching again.
+                    while let Ok(finished) = finished_rx.try_recv() {
+                        record(&mut backlog, finished);
+                    }
+                }
+                () = slot.wake.notified() => {}
+                () = sleep => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Read what is new in the store, start every delivery the rules allow now, and return
+    /// when to look again at the latest.
+    async fn dispatch(
+        self: &Arc<Self>,
+        deployed: &Arc<DeployedHandler>,
+        slot: &Arc<HandlerSlot>,
+        backlog: &mut Backlog,
+        mut bucket: Option<&mut TokenBucket>,
+        finished: &mpsc::UnboundedSender<Finished>,
+    ) -> StoreResult<Option<i64>> {
+        if slot.take_rescan() {
+            backlog.rescan();
+        }
+        let window = MIN_WINDOW.max(deployed.settings().concurrency * 4) as usize;
+        let room = window.saturating_sub(backlog.len());
+        if room > 0 {
+            let fresh = self
+                .store
+                .pending(deployed.name(), backlog.read_up_to(), room as u32)
+                .await?;
+            backlog.add(fresh);
+        }
+
+        let free_permits = slot.permits().available_permits();
+        let now = self.clock.now_ms();
+        let selection = select(backlog, now, free_permits, bucket.as_deref_mut());
+        for id in selection.start {
+            let Some(delivery) = backlog.start(id) else {
+                continue;
+            };
+            let Ok(permit) = slot.permits().clone().try_acquire_owned() else {
+                // Permits shrank under a redeploy: it waits for the next round.
+                backlog.unstart(delivery);
+                if let Some(bucket) = bucket.as_deref_mut() {
+                    bucket.give_back();
+                }
+                break;
+            };
+            let scheduler = self.clone();
+            let (deployed, slot, finished) = (deployed.clone(), slot.clone(), finished.clone());
+            self.runtime.spawn(async move {
+                let (delivery, after) = scheduler.run_delivery(deployed, &slot, delivery).await;
+                drop(permit);
+                // The worker may be gone (handler removed); then nobody needs the report.
+                drop(finished.send(Finished { delivery, after }));
+            });
+        }
+        Ok(selection.wake_at)
+    }
+
+    /// Invoke the handler for one delivery and settle the outcome in the store; hand the
+    /// delivery back with what became of it.
+    async fn run_delivery(
+        &self,
+        mut deployed: Arc<DeployedHandler>,
+        slot: &Arc<HandlerSlot>,
+        mut delivery: PendingDelivery,
+    ) -> (PendingDelivery, AfterRun) {
+        let mut reruns = 0;
+        let outcome = loop {
+            let reader = self.store.state_reader(deployed.name());
+            let started = std::time::Instant::now();
+            let outcome = self
+                .runtime
+                .invoke(&deployed, &delivery.event, reader)
+                .await;
+            self.metrics
+                .handler_duration
+                .with_label_values(&[deployed.name().as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            let staged = match outcome {
+                Ok(staged) => staged,
+                Err(error) => break self.record_failure(&deployed, &delivery, error).await,
+            };
+            match self.commit(&deployed, &delivery, staged).await {
+                Ok(Committed::Done { .. }) => {
+                    self.count(deployed.name(), Outcome::Ok);
+                    break Ok(None);
+                }
+                // Someone else settled it (and counted it): nothing left to do.
+                Ok(Committed::AlreadySettled) => return (delivery, AfterRun::Settled),
+                // Another invocation wrote what this one read: its decision is stale, not
+                // wrong, so run it again on fresh state (and on the version live now)
+                // without counting a failed attempt.
+                Ok(Committed::Conflict { .. }) if reruns < MAX_CONFLICT_RERUNS => {
+                    self.count(deployed.name(), Outcome::Conflict);
+                    reruns += 1;
+                    if let Some(live) = self.live_version(deployed.name(), slot) {
+                        deployed = live;
+                    }
+                }
+                Ok(Committed::Conflict { key }) => {
+                    let error = InvokeError::Conflict { key, reruns };
+                    break self.record_failure(&deployed, &delivery, error).await;
+                }
+                Err(err) => break Err(err),
+            }
+        };
+        match outcome {
+            Ok(None) => {
+                slot.queue.settled();
+                (delivery, AfterRun::Settled)
+            }
+            Ok(Some(retry_at_ms)) => {
+                delivery.attempts += 1;
+                let after = AfterRun::Again {
+                    not_before_ms: retry_at_ms,
+                };
+                (delivery, after)
+            }
+            Err(err) => {
+                // Nothing was settled: the delivery is still pending and runs again.
+                tracing::error!(
+                    handler = deployed.name().as_str(),
+                    event_id = delivery.event.id(),
+                    error = %err,
+                    "failed to record a delivery's outcome"
+                );
+                let not_before_ms = self.clock.now_ms() + STORE_ERROR_PAUSE.as_millis() as i64;
+                (delivery, AfterRun::Again { not_before_ms })
+            }
+        }
+    }
+
+    /// Commit a success, and wake the handlers of the events it emitted. The emitted events
+    /// are routed by the live set of now, as if they had been posted now.
+    async fn commit(
+        &self,
+        deployed: &DeployedHandler,
+        delivery: &PendingDelivery,
+        staged: Staged,
+    ) -> StoreResult<Committed> {
+        let live = self.live.current();
+        let emitted: Vec<_> = staged.emitted.into_iter().map(|e| live.route(e)).collect();
+        let targets: Vec<Vec<HandlerName>> = emitted
+            .iter()
+            .map(|r| r.deliveries.iter().map(|d| d.handler.clone()).collect())
+            .collect();
+        let committed = self
+            .store
+            .commit(Commit {
+                delivery_id: delivery.id,
+                handler: deployed.name().clone(),
+                state_reads: staged.state_reads.into_iter().collect(),
+                state_writes: staged.state_writes.into_iter().collect(),
+                emitted,
+            })
+            .await?;
+        if let Committed::Done { emitted } = &committed {
+            for (appended, handlers) in emitted.iter().zip(&targets) {
+                if !appended.is_new() {
+                    continue;
+                }
+                for handler in handlers {
+                    if let Some(target) = live.handler(handler.as_str()) {
+                        target.slot.appended(1);
+                    }
+                }
+            }
+            tracing::debug!(
+                handler = deployed.name().as_str(),
+                event_id = delivery.event.id(),
+                "delivered"
+            );
+        }
+        Ok(committed)
+    }
+
+    fn count(&self, handler: &HandlerName, outcome: Outcome) {
+        self.metrics
+            .deliveries
+            .with_label_values(&[handler.as_str(), outcome.as_str()])
+            .inc();
+    }
+
+    /// Record a failure: retry with backoff (`Ok(Some(when))`), or dead-letter (`Ok(None)`).
+    async fn record_failure(
+        &self,
+        deployed: &DeployedHandler,
+        delivery: &PendingDelivery,
+        error: InvokeError,
+    ) -> StoreResult<Option<i64>> {
+        let settings = deployed.settings();
+        let attempt = delivery.attempts + 1;
+        let retry_at_ms = (error.is_retryable() && attempt < settings.max_attempts).then(|| {
+            self.clock.now_ms() + backoff_delay(&settings.backoff, attempt).as_millis() as i64
+        });
+        let message = error.to_string();
+        let (handler, event_id) = (deployed.name().as_str(), delivery.event.id());
+        match retry_at_ms {
+            Some(_) => tracing::warn!(
+                handler,
+                event_id,
+                attempt,
+                error = message,
+                "delivery failed; will retry"
+            ),
+            None => tracing::warn!(
+                handler,
+                event_id,
+                attempt,
+                error = message,
+                "delivery failed; dead-lettered"
+            ),
+        }
+        self.store
+            .fail(Failure {
+                delivery_id: delivery.id,
+                error: message,
+                retry_at_ms,
+            })
+            .await?;
+        let outcome = match retry_at_ms {
+            Some(_) => Outcome::Retry,
+            None => Outcome::Dead,
+        };
+        self.count(deployed.name(), outcome);
+        Ok(retry_at_ms)
+    }
+}
+
+fn record(backlog: &mut Backlog, Finished { delivery, after }: Finished) {
+    match after {
+        AfterRun::Settled => backlog.settled(delivery.id),
+        AfterRun::Again { not_before_ms } => backlog.again(delivery, not_before_ms),
+    }
+}
+
+/// The wait before attempt `attempt + 1`: exponential from `initial`, capped at `max`, with
+/// jitter (a random point in the upper half) so that many failing deliveries do not retry
+/// in lockstep.
+pub fn backoff_delay(backoff: &Backoff, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(32);
+    let ceiling = backoff
+        .initial
+        .saturating_mul(1u32 << exp.min(31))
+        .min(backoff.max);
+    let factor = rand::rng().random_range(0.5..=1.0);
+    ceiling.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_caps() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for _ in 0..100 {
+            let first = backoff_delay(&backoff, 1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff_delay(&backoff, 3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff_delay(&backoff, 30);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
+        }
+    }
+}

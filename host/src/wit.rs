@@ -1,0 +1,10 @@
+//! The handler contract as Rust types: the host side of the `handler` world, generated from
+//! `wit/0.1.0`. The runtime calls the world's export (`handle`); the capabilities implement
+//! its imports. Both take the types from here, so neither needs the other to know them.
+
+wasmtime::component::bindgen!({
+    world: "handler",
+    path: "../wit/0.1.0",
+    imports: { default: trappable },
+    exports: { default: async },
+});
