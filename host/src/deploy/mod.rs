@@ -239,7 +239,9 @@ impl Deployer {
                     from: module.from.clone(),
                 }),
                 Step::Activate { target } => items.push(stored_item(target)),
-                Step::Remove { .. } | Step::Adopt { .. } | Step::Unchanged { .. } => {}
+                // What these leave live is what is stored: built below if it is not running.
+                Step::Adopt { .. } | Step::Unchanged { .. } => continue,
+                Step::Remove { .. } => {}
             }
             touched.insert(step_name(step).clone());
         }
