@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use cloudevents::binding::reqwest::RequestBuilderExt;
+use cloudevents::binding::reqwest::RequestSerializer;
+use cloudevents::message::StructuredDeserializer;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -301,7 +302,10 @@ impl Client {
         }
     }
 
-    /// Post one event (binary mode, through the CloudEvents SDK's HTTP binding).
+    /// Post one event through the CloudEvents SDK's HTTP binding, in structured mode: it
+    /// carries every attribute exactly, where the SDK's binary mode writes `ce-` headers
+    /// without the percent-encoding the binding asks for (a `%` or a non-ASCII subject would
+    /// not arrive as it was).
     pub async fn send(
         &self,
         event: impl TryInto<cloudevents::Event, Error: std::fmt::Display>,
@@ -309,11 +313,9 @@ impl Client {
         let event = event
             .try_into()
             .map_err(|err| ClientError::Event(err.to_string()))?;
-        let request = self
-            .http
-            .post(self.url("/events"))
-            .timeout(CALL_TIMEOUT)
-            .event(event)
+        let post = self.http.post(self.url("/events")).timeout(CALL_TIMEOUT);
+        let request = event
+            .deserialize_structured(RequestSerializer::new(post))
             .map_err(|err| ClientError::Event(err.to_string()))?;
         self.call(request).await
     }

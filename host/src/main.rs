@@ -97,7 +97,7 @@ enum Command {
         #[command(flatten)]
         host: HostArg,
     },
-    /// Post one event to a running host (binary mode, through the CloudEvents SDK).
+    /// Post one event to a running host (structured mode, through the CloudEvents SDK).
     Send {
         /// The event type, e.g. com.example.shop.order.place.v1.
         #[arg(long = "type")]

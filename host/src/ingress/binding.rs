@@ -18,6 +18,15 @@
 //!   limit, and memory by the body limit the caller enforces.
 //! - JSON `data` is kept as the producer wrote it (key order, number spelling), because a
 //!   handler may hash or sign it; re-serialising a parsed value would not be the same bytes.
+//!
+//! Why by hand and not the CloudEvents SDK's HTTP binding (`cloudevents-sdk`, which the host
+//! uses elsewhere: `evhost send` and the client send through it, and [`Event`] converts to
+//! and from its event): the SDK's binding has no batch mode, decodes `ce-` headers without
+//! the quoted-string and single percent-decoding rules of the HTTP binding, parses JSON
+//! `data` into a tree (losing the producer's bytes), and checks less than CloudEvents asks
+//! (extension names, control characters, `dataschema` as an absolute URI), with errors that
+//! do not name the attribute. Every rule it checks is in [`Event`]'s builder, shared with
+//! every other way an event is made.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
