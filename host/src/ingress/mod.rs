@@ -115,10 +115,28 @@ async fn ingest(
         }
     };
 
-    let appended = match app.store.append(routed).await {
-        Ok(appended) => appended,
-        Err(err) => {
-            // `admission` is dropped: the room it took is given back.
+    // The append and its accounting run to the end even if the client goes away meanwhile:
+    // dropped halfway, the events could be stored with their room given back, and the queue
+    // would count fewer deliveries than it holds.
+    let store = app.store.clone();
+    let accounted = tokio::spawn(async move {
+        let appended = store.append(routed).await?;
+        // Duplicates were not stored again: their room goes back; the rest is kept.
+        let mut duplicates: HashMap<HandlerName, u64> = HashMap::new();
+        for (routed, outcome) in &appended {
+            if !outcome.is_new() {
+                for delivery in &routed.deliveries {
+                    *duplicates.entry(delivery.handler.clone()).or_default() += 1;
+                }
+            }
+        }
+        admission.keep(|handler| duplicates.get(handler).copied().unwrap_or(0));
+        Ok::<_, crate::store::StoreError>(appended)
+    });
+    let appended = match accounted.await {
+        Ok(Ok(appended)) => appended,
+        // A failed append stored nothing; its admission gave its room back.
+        Ok(Err(err)) => {
             return match err.kind() {
                 StoreErrorKind::Full | StoreErrorKind::Busy => {
                     tracing::warn!(error = %err, "the store cannot take events now");
@@ -134,18 +152,11 @@ async fn ingest(
                 }
             };
         }
-    };
-    // Duplicates were not stored again: their room goes back; the rest is kept.
-    let mut duplicates: HashMap<&HandlerName, u64> = HashMap::new();
-    for (routed, outcome) in &appended {
-        if !outcome.is_new() {
-            for delivery in &routed.deliveries {
-                *duplicates.entry(&delivery.handler).or_default() += 1;
-            }
+        Err(_) => {
+            tracing::error!("the append task panicked");
+            return Problem::internal().into_response();
         }
-    }
-    admission.keep(|handler| duplicates.get(handler).copied().unwrap_or(0));
-
+    };
     let received = &app.metrics.events_received;
     let mut accepted = Vec::with_capacity(appended.len());
     for (routed, outcome) in &appended {
