@@ -125,7 +125,10 @@ async fn a_handler_dropped_from_the_manifest_is_removed_at_the_next_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_change_to_a_manifest_handler_stands_until_the_manifest_changes() {
     guests_dir();
-    let v1 = recorders("stands", &[("worker", "test.work.v1", "config = { label = \"v1\" }")]);
+    let v1 = recorders(
+        "stands",
+        &[("worker", "test.work.v1", "config = { label = \"v1\" }")],
+    );
     let host = TestHost::start(manifest(&v1)).await;
     let api = client(&host);
     api.remove("worker").await.expect("removed through the API");
@@ -140,12 +143,21 @@ async fn an_api_change_to_a_manifest_handler_stands_until_the_manifest_changes()
 
     // The manifest changes the handler: it is deployed again, as a new version, the
     // manifest's.
-    let v2 = recorders("stands", &[("worker", "test.work.v1", "config = { label = \"v2\" }")]);
+    let v2 = recorders(
+        "stands",
+        &[("worker", "test.work.v1", "config = { label = \"v2\" }")],
+    );
     let host = TestHost::start_on(manifest(&v2), data)
         .await
         .expect("restarts");
-    let worker = client(&host).handler("worker").await.expect("worker is back");
-    assert_eq!((worker.version, worker.version_origin), (2, Origin::Manifest));
+    let worker = client(&host)
+        .handler("worker")
+        .await
+        .expect("worker is back");
+    assert_eq!(
+        (worker.version, worker.version_origin),
+        (2, Origin::Manifest)
+    );
     assert_eq!(
         host.post_structured(&event("w-1", "test.work.v1", json!({})))
             .await
@@ -181,7 +193,10 @@ async fn watch_applies_the_edited_manifest_removing_and_adding_handlers() {
         &path,
         &recorders(
             "watched",
-            &[("first", "test.first.v1", ""), ("second", "test.second.v1", "")],
+            &[
+                ("first", "test.first.v1", ""),
+                ("second", "test.second.v1", ""),
+            ],
         ),
     );
     let app = Manifest::load(&path).expect("a valid manifest");
@@ -196,7 +211,10 @@ async fn watch_applies_the_edited_manifest_removing_and_adding_handlers() {
         &path,
         &recorders(
             "watched",
-            &[("first", "test.first.v1", ""), ("third", "test.third.v1", "")],
+            &[
+                ("first", "test.first.v1", ""),
+                ("third", "test.third.v1", ""),
+            ],
         ),
     );
     host.eventually("second removed and third deployed", WAIT, || async {
@@ -218,7 +236,10 @@ async fn watch_applies_the_edited_manifest_removing_and_adding_handlers() {
     assert_eq!(first.version, 1);
 
     // A manifest that no longer reads changes nothing.
-    write_manifest(&path, "[app]\nname = \"watched\"\n[[handler]]\nname = \"Bad\"\n");
+    write_manifest(
+        &path,
+        "[app]\nname = \"watched\"\n[[handler]]\nname = \"Bad\"\n",
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(handler_names(&host).await, ["first", "third"]);
 }
