@@ -2,9 +2,12 @@
 // Build the JavaScript handlers into Wasm components with ComponentizeJS.
 //
 //     node handlers/js/build.mjs [NAME ...]
+//     node handlers/js/build.mjs --check
 //
 // Builds `handlers/js/NAME/handler.js` (every handler folder when no NAME is given) into
 // `target/js/NAME.wasm` at the workspace root, against the contract in `wit/0.1.0`.
+// `--check` builds nothing: it says what is missing for a build (this Node.js's version, the
+// npm the tools are installed with), and exits 1 if anything is.
 //
 // It installs its own tools: `npm ci` from `package-lock.json` into `handlers/js/node_modules`,
 // on the first run and again only when the lockfile (or the platform) changes. A component is
@@ -50,7 +53,13 @@ const DISABLED_FEATURES = ['http', 'fetch-event'];
 
 async function main(argv) {
   const major = Number(process.versions.node.split('.')[0]);
-  if (major < 18) return fail(`Node.js 18 or later is needed, this is ${process.version}`);
+  if (major < 18) {
+    return fail(`Node.js 18 or later is needed, this is ${process.version} (${process.execPath})`);
+  }
+  if (argv.length === 1 && argv[0] === '--check') {
+    const problem = toolsInstalled() ? null : npmProblem();
+    return problem ? fail(problem) : 0;
+  }
   const names = argv.length > 0
     ? argv
     : readdirSync(HERE).filter((name) => existsSync(join(HERE, name, 'handler.js'))).sort();
@@ -72,16 +81,37 @@ async function main(argv) {
   return 0;
 }
 
-function ensureTools() {
-  const wanted = createHash('sha256')
+/** What the installed tools must have been installed for: the lockfile and this platform. */
+function lockDigest() {
+  return createHash('sha256')
     .update(readFileSync(LOCKFILE))
     .update(`${process.platform}-${process.arch}`)
     .digest('hex');
-  if (existsSync(STAMP) && readFileSync(STAMP, 'utf8').trim() === wanted) return;
+}
+
+/** Whether `node_modules` holds what the lockfile pins, for this platform. */
+function toolsInstalled() {
+  return existsSync(STAMP) && readFileSync(STAMP, 'utf8').trim() === lockDigest();
+}
+
+/** Why npm cannot install the tools here, or null. */
+function npmProblem() {
+  const result = spawnSync(npm(), ['--version'], { stdio: 'ignore', shell: process.platform === 'win32' });
+  if (!result.error && result.status === 0) return null;
+  // Some distributions package npm apart from Node.js; the official builds include it.
+  return `npm is needed to install ComponentizeJS (npm ci), and \`${npm()}\` does not run `
+    + `(${result.error?.message ?? `exit status ${result.status}`}): install it `
+    + '(Debian/Ubuntu: apt install npm), or Node.js from https://nodejs.org, which includes it';
+}
+
+function ensureTools() {
+  if (toolsInstalled()) return;
+  const problem = npmProblem();
+  if (problem) process.exit(fail(problem));
   const started = Date.now();
   say(`installing the JavaScript build tools into ${relative(WORKSPACE, MODULES)} (npm ci)`);
   run(npm(), ['ci', '--no-audit', '--no-fund', '--loglevel=error'], 'install ComponentizeJS');
-  writeFileSync(STAMP, `${wanted}\n`);
+  writeFileSync(STAMP, `${lockDigest()}\n`);
   say(`installed in ${((Date.now() - started) / 1000).toFixed(1)}s`);
 }
 

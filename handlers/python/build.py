@@ -2,9 +2,12 @@
 """Build the Python handlers into Wasm components with componentize-py.
 
     python3 handlers/python/build.py [NAME ...]
+    python3 handlers/python/build.py --check
 
 Builds `handlers/python/NAME/app.py` (every handler folder when no NAME is given) into
 `target/python/NAME.wasm` at the workspace root, against the contract in `wit/0.1.0`.
+`--check` builds nothing: it says what is missing for a build (this Python's version, the
+`venv` module the tools are installed with), and exits 1 if anything is.
 
 It installs its own tools: a virtual environment in `handlers/python/.venv` with the
 componentize-py pinned in `requirements.txt`, made on the first run and again only when
@@ -22,7 +25,6 @@ import os
 import subprocess
 import sys
 import time
-import venv
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,11 +36,23 @@ REQUIREMENTS = HERE / "requirements.txt"
 VENV = HERE / ".venv"
 STAMP = VENV / "evhost-requirements.sha256"
 OUT = WORKSPACE / "target" / "python"
+TOOL = VENV / ("Scripts/componentize-py.exe" if os.name == "nt" else "bin/componentize-py")
+
+# What to do without `venv`: Debian and Ubuntu ship it (with the `ensurepip` it needs to put
+# pip into a new environment) apart from python3.
+VENV_HINT = (
+    "install it (Debian/Ubuntu: apt install python3-venv) or run this script with another "
+    "Python 3.10 or later"
+)
 
 
 def main(argv: list) -> int:
     if sys.version_info < (3, 10):
-        return fail(f"Python 3.10 or later is needed, this is {sys.version.split()[0]}")
+        return fail(f"Python 3.10 or later is needed, this is {sys.version.split()[0]} "
+                    f"({sys.executable})")
+    if argv == ["--check"]:
+        problem = None if tools_installed() else venv_problem()
+        return fail(problem) if problem else 0
     names = argv or sorted(p.name for p in HERE.iterdir() if (p / "app.py").is_file())
     for name in names:
         if not (HERE / name / "app.py").is_file():
@@ -51,25 +65,57 @@ def main(argv: list) -> int:
     return 0
 
 
+def requirements_digest() -> str:
+    """What the installed tools must have been installed for: the pins and this Python."""
+    return hashlib.sha256(REQUIREMENTS.read_bytes() + sys.version.encode()).hexdigest()
+
+
+def tools_installed() -> bool:
+    """Whether our virtual environment holds the pinned componentize-py for this Python."""
+    return (STAMP.is_file() and STAMP.read_text().strip() == requirements_digest()
+            and TOOL.is_file())
+
+
+def venv_problem():
+    """Why this Python cannot make our virtual environment with pip in it, or None."""
+    try:
+        import ensurepip
+        import venv  # noqa: F401
+
+        # Without its bundled wheels (how Debian ships it without python3-venv) ensurepip
+        # imports, but cannot install pip.
+        ensurepip.version()
+    except (Exception, SystemExit) as err:
+        return (f"the `venv` module with `ensurepip` is needed to install componentize-py, "
+                f"and {sys.executable} lacks it ({type(err).__name__}: {err}): {VENV_HINT}")
+    return None
+
+
 def ensure_tools() -> Path:
     """The componentize-py of our virtual environment, installed if missing or stale."""
-    wanted = hashlib.sha256(REQUIREMENTS.read_bytes() + sys.version.encode()).hexdigest()
-    tool = VENV / ("Scripts/componentize-py.exe" if os.name == "nt" else "bin/componentize-py")
-    if STAMP.is_file() and STAMP.read_text().strip() == wanted and tool.is_file():
-        return tool
+    if tools_installed():
+        return TOOL
+    problem = venv_problem()
+    if problem:
+        sys.exit(fail(problem))
+    import venv
+
     started = time.monotonic()
     say(f"installing the Python build tools into {VENV.relative_to(WORKSPACE)}")
     # A fresh environment: a changed interpreter leaves an old one unusable.
-    venv.EnvBuilder(clear=True, with_pip=True).create(VENV)
+    try:
+        venv.EnvBuilder(clear=True, with_pip=True).create(VENV)
+    except (subprocess.CalledProcessError, OSError) as err:
+        sys.exit(fail(f"failed to make the virtual environment {VENV} ({err}): {VENV_HINT}"))
     python = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     run(
         [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
          "--requirement", REQUIREMENTS],
         "install componentize-py",
     )
-    STAMP.write_text(wanted + "\n")
+    STAMP.write_text(requirements_digest() + "\n")
     say(f"installed in {time.monotonic() - started:.1f}s")
-    return tool
+    return TOOL
 
 
 def build(tool: Path, name: str) -> None:
