@@ -3,14 +3,12 @@
 //! temporary folders, on its own port, and kills what it started if it fails.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
-use evhost_tests::{evhost_binary, guest, guests_dir, workspace};
-use serde_json::Value;
-use tempfile::TempDir;
-use tokio::process::{Child, Command};
+use evhost_tests::{HostProcess, evhost_command, guest, guests_dir, workspace};
+use tokio::process::Command;
 
 const PLACE: &str = "com.example.shop.order.place.v1";
 const STOCK_ADDED: &str = "com.example.shop.stock.added.v1";
@@ -20,19 +18,6 @@ const SHIPPED: &str = "com.example.shop.shipment.created.v1";
 const QUICK: Duration = Duration::from_secs(10);
 /// How long a host may take to become ready (it compiles the handlers on first start).
 const START: Duration = Duration::from_secs(30);
-
-/// `evhost` with nothing inherited from the environment that would change its defaults.
-fn evhost() -> Command {
-    let mut command = Command::new(evhost_binary());
-    command
-        .kill_on_drop(true)
-        .stdin(Stdio::null())
-        .env_remove("EVHOST_LISTEN")
-        .env_remove("EVHOST_DATA")
-        .env_remove("EVHOST_HOST")
-        .env("EVHOST_LOG", "info");
-    command
-}
 
 /// Runs a command that is expected to end by itself, within `timeout`.
 async fn output(mut command: Command, timeout: Duration) -> Output {
@@ -50,124 +35,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A port nothing listens on (right now).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+/// `evhost up ARGS` in `cwd`, ready.
+async fn up(cwd: &Path, args: &[&str]) -> HostProcess {
+    let mut host = HostProcess::new(cwd, args).with_start_timeout(START);
+    host.start().await;
+    host
 }
 
-/// `evhost up` running in the background; killed when dropped.
-struct Up {
-    child: Child,
-    base: String,
-    stderr: PathBuf,
-    _scratch: TempDir,
-}
-
-impl Up {
-    /// Starts `evhost up ARGS` in `cwd`, on a free port, with its store in a temporary folder,
-    /// and waits until it is ready.
-    async fn start(cwd: &Path, args: &[&str]) -> Up {
-        let scratch = tempfile::tempdir().expect("a temporary directory");
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let stderr = scratch.path().join("stderr.log");
-        let log = std::fs::File::create(&stderr).expect("a log file");
-        let mut command = evhost();
-        command
-            .current_dir(cwd)
-            .arg("up")
-            .args(args)
-            .arg("--listen")
-            .arg(&listen)
-            .arg("--data")
-            .arg(scratch.path().join("data"))
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = command.spawn().expect("evhost up starts");
-        let mut up = Up {
-            child,
-            base: format!("http://{listen}"),
-            stderr,
-            _scratch: scratch,
-        };
-        up.wait_ready().await;
-        up
-    }
-
-    async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + START;
-        loop {
-            if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().expect("the child's status") {
-                panic!(
-                    "evhost up exited ({status}) before it was ready:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "evhost up was not ready within {START:?}:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// `evhost send ARGS --host <this host>`.
-    async fn send(&self, args: &[&str]) -> Output {
-        let mut command = evhost();
-        command.arg("send").args(args).arg("--host").arg(&self.base);
-        output(command, QUICK).await
-    }
-
-    /// The CloudEvents of the log with these query parameters.
-    async fn events(&self, query: &[(&str, &str)]) -> Vec<Value> {
-        let response = reqwest::Client::new()
-            .get(format!("{}/admin/events", self.base))
-            .query(query)
-            .send()
-            .await
-            .expect("the host answers");
-        assert_eq!(response.status(), 200, "GET /admin/events");
-        let body: Value = response.json().await.expect("a JSON body");
-        body["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| e["event"].clone())
-            .collect()
-    }
-
-    /// SIGTERM, as a service manager stops a service; waits for the exit.
-    async fn terminate(mut self, within: Duration) -> ExitStatus {
-        let pid = self.child.id().expect("the host is still running");
-        let kill = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(kill.success(), "kill -TERM {pid}");
-        match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(status) => status.expect("the host's exit status"),
-            Err(_) => panic!(
-                "evhost did not stop within {within:?} of SIGTERM:\n{}",
-                self.stderr()
-            ),
-        }
-    }
+/// `evhost send ARGS --host <this host>`.
+async fn send(host: &HostProcess, args: &[&str]) -> Output {
+    let mut command = evhost_command();
+    command.arg("send").args(args).arg("--host").arg(&host.base);
+    output(command, QUICK).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +85,7 @@ timeout_ms = "soon"
     let taken = TcpListener::bind("127.0.0.1:0").expect("a port");
     let listen = taken.local_addr().expect("an address").to_string();
     let data = dir.path().join("data");
-    let mut command = evhost();
+    let mut command = evhost_command();
     command
         .arg("up")
         .arg(dir.path())
@@ -240,7 +119,7 @@ timeout_ms = "soon"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_without_a_manifest_says_where_it_looked() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut command = evhost();
+    let mut command = evhost_command();
     command
         .current_dir(dir.path())
         .args(["up", "--listen", "127.0.0.1:0", "--data"])
@@ -297,7 +176,7 @@ subscribe = ["com.example.d.v1"]
     )
     .expect("write the manifest");
 
-    let mut command = evhost();
+    let mut command = evhost_command();
     command
         .arg("up")
         .arg(&manifest)
@@ -339,7 +218,7 @@ subscribe = ["com.example.d.v1"]
 async fn up_refuses_a_body_limit_below_the_cloudevents_minimum() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     guests_dir();
-    let mut command = evhost();
+    let mut command = evhost_command();
     command
         .current_dir(workspace())
         .args(["up", "examples/shop", "--listen", "127.0.0.1:0"])
@@ -355,10 +234,11 @@ async fn up_refuses_a_body_limit_below_the_cloudevents_minimum() {
 async fn up_runs_the_shop_send_posts_to_it_and_sigterm_stops_it() {
     guests_dir();
     // From the workspace root, as the shop's README says.
-    let up = Up::start(&workspace(), &["examples/shop"]).await;
+    let host = up(&workspace(), &["examples/shop"]).await;
 
-    let out = up
-        .send(&[
+    let out = send(
+        &host,
+        &[
             "--type",
             STOCK_ADDED,
             "--source",
@@ -367,11 +247,13 @@ async fn up_runs_the_shop_send_posts_to_it_and_sigterm_stops_it() {
             "sku-cli",
             "--data",
             r#"{"sku": "sku-cli", "quantity": 5}"#,
-        ])
-        .await;
+        ],
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = up
-        .send(&[
+    let out = send(
+        &host,
+        &[
             "--type",
             PLACE,
             "--source",
@@ -380,8 +262,9 @@ async fn up_runs_the_shop_send_posts_to_it_and_sigterm_stops_it() {
             "o-cli",
             "--data",
             r#"{"order_id": "o-cli", "sku": "sku-cli", "quantity": 2, "amount": 25.0}"#,
-        ])
-        .await;
+        ],
+    )
+    .await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(
@@ -393,59 +276,57 @@ async fn up_runs_the_shop_send_posts_to_it_and_sigterm_stops_it() {
     );
 
     // The order goes all the way through the shop.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let shipped = up.events(&[("type", SHIPPED)]).await;
-        if let Some(shipment) = shipped.first() {
-            assert_eq!(shipment["subject"], "o-cli", "{shipment}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no shipment for o-cli; the log: {:?}\n{}",
-            up.events(&[("limit", "1000")]).await,
-            up.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let shipment = host
+        .poll("a shipment for o-cli", Duration::from_secs(15), || async {
+            host.cloudevents(&[("type", SHIPPED)])
+                .await
+                .into_iter()
+                .next()
+        })
+        .await;
+    assert_eq!(shipment["subject"], "o-cli", "{shipment}");
 
     // Data that is not JSON never leaves the command line.
-    let before = up.events(&[("limit", "1000")]).await.len();
-    let out = up
-        .send(&[
+    let before = host.cloudevents(&[("limit", "1000")]).await.len();
+    let out = send(
+        &host,
+        &[
             "--type",
             PLACE,
             "--source",
             "/cli-bad",
             "--data",
             r#"{"order_id": "o-bad", "#,
-        ])
-        .await;
+        ],
+    )
+    .await;
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("--data is not valid JSON"), "{stderr}");
 
     // An event the host refuses: the command fails and shows the host's problem.
-    let out = up
-        .send(&["--type", PLACE, "--source", "not a uri", "--data", "{}"])
-        .await;
+    let out = send(
+        &host,
+        &["--type", PLACE, "--source", "not a uri", "--data", "{}"],
+    )
+    .await;
     let stdout = text(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("400"), "{stdout}");
     assert!(stdout.contains(r#""attribute":"source""#), "{stdout}");
     assert!(text(&out.stderr).contains("400"), "{}", text(&out.stderr));
     assert!(
-        up.events(&[("source", "/cli-bad")]).await.is_empty(),
+        host.cloudevents(&[("source", "/cli-bad")]).await.is_empty(),
         "a refused event reached the log"
     );
-    let placed_or_bad = up.events(&[("limit", "1000")]).await;
+    let placed_or_bad = host.cloudevents(&[("limit", "1000")]).await;
     assert!(
         placed_or_bad.iter().all(|e| e["source"] != "not a uri"),
         "{placed_or_bad:?}"
     );
     assert!(placed_or_bad.len() >= before);
 
-    let status = up.terminate(Duration::from_secs(10)).await;
+    let status = host.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "evhost exits 0 on SIGTERM, got {status}");
 }
 
@@ -454,15 +335,15 @@ async fn up_resolves_module_paths_against_the_manifest_folder() {
     guests_dir();
     let shop = workspace().join("examples/shop");
     // `evhost up` with no argument, inside the app folder.
-    let up = Up::start(&shop, &[]).await;
-    let status = up.terminate(Duration::from_secs(10)).await;
+    let host = up(&shop, &[]).await;
+    let status = host.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
 
     // The manifest file itself, from an unrelated folder.
     let elsewhere = tempfile::tempdir().expect("a temporary directory");
     let manifest = shop.join("evhost.toml");
     let manifest = manifest.to_str().expect("a UTF-8 path");
-    let up = Up::start(elsewhere.path(), &[manifest]).await;
-    let status = up.terminate(Duration::from_secs(10)).await;
+    let host = up(elsewhere.path(), &[manifest]).await;
+    let status = host.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
 }

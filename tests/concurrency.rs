@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use evhost::config::Manifest;
@@ -23,16 +23,13 @@ fn keyed(id: &str, subject: &str, data: Value) -> Value {
 }
 
 /// Samples the recorder's in-flight count until stopped; returns the highest seen.
-fn sample_in_flight(host: &TestHost, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
-    let client = host.client.clone();
-    let url = host.url("/admin/handlers");
-    let max = Arc::new(AtomicU64::new(0));
+fn sample_in_flight(host: &TestHost, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    let client = host.client().clone();
+    let max = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
-            if let Ok(response) = client.get(&url).send().await
-                && let Ok(body) = response.json::<Value>().await
-            {
-                let in_flight = body["handlers"][0]["in_flight"].as_u64().unwrap_or(0);
+            if let Ok(handlers) = client.api.handlers().await {
+                let in_flight = handlers.first().map_or(0, |h| h.in_flight);
                 max.fetch_max(in_flight, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -282,7 +279,7 @@ async fn metrics_move_as_events_flow() {
     let unrouted = event("m-other", "test.unrouted.v1", json!({}));
     assert_eq!(host.post_structured(&unrouted).await.status(), 202);
     let bad = host
-        .client
+        .http
         .post(host.url("/events"))
         .header("content-type", "application/cloudevents+json")
         .body("{not json")
@@ -294,9 +291,7 @@ async fn metrics_move_as_events_flow() {
     // Counters move right after the commit a reader can already see.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let response = host.get("/metrics").await;
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.expect("text");
+    let text = host.metrics().await;
     for line in [
         r#"evhost_events_received_total{mode="structured",type="test.ok.v1"} 4"#,
         r#"evhost_events_received_total{mode="structured",type="other"} 1"#,

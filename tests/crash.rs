@@ -5,16 +5,17 @@
 //! SKUs with too little stock and one with none) to `evhost up examples/shop`, a child
 //! process, in binary, structured and batch mode. Meanwhile the test kills that process with
 //! SIGKILL 3 to 5 times at random moments (while events come in, and once more while the
-//! backlog drains) and restarts it on the same data directory. A request that failed or was
-//! refused is retried later with the same event ids (duplicates must be accepted once). Once
-//! every request has been answered 202 and no delivery is pending, the log and the handlers'
-//! state are checked against what the clients sent and saw:
+//! backlog drains) and restarts it on the same data directory (on a new port, which the
+//! clients follow). A request that failed or was refused is retried later with the same event
+//! ids (duplicates must be accepted once). Once every request has been answered 202 and every
+//! delivery is settled (none pending or retrying), the log and the handlers' state are
+//! checked against what the clients sent and saw:
 //!
 //! - every event answered 202 is in the log exactly once (by `source` + `id`), and posting it
 //!   again is answered as a duplicate; a batch is all or nothing; a request never attempted
 //!   before is never a duplicate;
 //! - every event has exactly one delivery per subscribed handler, and every delivery is done
-//!   (none pending, none dead);
+//!   (none pending, retrying or dead);
 //! - every emitted event has the deterministic id (parent, handler, emit index), names its
 //!   cause and correlation, and follows from its cause;
 //! - every order has one `order.placed`, one of `stock.reserved` / `stock.unavailable`; a
@@ -29,7 +30,7 @@
 //! a harder run:
 //!
 //! ```text
-//! EVHOST_CRASH_ORDERS=3000 cargo nextest run -p evhost-tests --test crash
+//! EVHOST_CRASH_ORDERS=3000 cargo nextest run -p evhost-tests --test main crash::
 //! ```
 //!
 //! The test prints its seed; `EVHOST_CRASH_SEED=<seed>` replays the same workload and kill
@@ -39,17 +40,13 @@
 #![cfg(unix)]
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::File;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use evhost::capabilities::emit::emitted_id;
-use evhost_tests::{evhost_binary, guests_dir, workspace};
+use evhost_tests::{HostClient, HostProcess, evhost_binary, guests_dir, workspace};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 const PLACE: &str = "com.example.shop.order.place.v1";
 const STOCK_ADDED: &str = "com.example.shop.stock.added.v1";
@@ -105,12 +102,15 @@ async fn the_shop_flow_survives_kill_9() {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .expect("an HTTP client");
-    let mut host = HostProcess::new();
-    let base = host.start(&http).await;
-    println!("host up in {:.1?} at {base}", started.elapsed());
+    let shop = workspace().join("examples/shop");
+    let shop = shop.to_str().expect("a UTF-8 path");
+    let mut host = HostProcess::new(&workspace(), &[shop])
+        .with_http(http)
+        .with_start_timeout(Duration::from_secs(120));
+    let client = host.start().await.clone();
+    println!("host up in {:.1?} at {}", started.elapsed(), client.base);
     let shared = Arc::new(Shared {
-        http,
-        base: RwLock::new(base),
+        host: RwLock::new(client),
         settled: AtomicUsize::new(0),
     });
     let budget = Duration::from_secs(90) + Duration::from_millis(40 * orders as u64);
@@ -153,7 +153,7 @@ async fn the_shop_flow_survives_kill_9() {
         tokio::time::sleep(Duration::from_millis(jitter)).await;
         let settled = shared.settled.load(Ordering::SeqCst);
         let pending = pending_deliveries(&shared).await;
-        host.kill();
+        host.kill().await;
         println!(
             "kill {}/{kills} at {:.1?}: {settled}/{total} requests accepted, {pending} \
              deliveries pending",
@@ -161,8 +161,8 @@ async fn the_shop_flow_survives_kill_9() {
             started.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;
-        let base = host.start(&shared.http).await;
-        *shared.base.write().expect("the base URL lock") = base;
+        let client = host.start().await.clone();
+        *shared.host.write().expect("the host lock") = client;
     }
 
     let mut seen = Seen::default();
@@ -201,16 +201,16 @@ async fn the_shop_flow_survives_kill_9() {
     }
 
     let idle_timeout = Duration::from_secs(60) + Duration::from_millis(20 * orders as u64);
-    if let Err(problem) = wait_idle(&shared, idle_timeout).await {
-        problems.push(problem);
+    if let Err(problem) = shared.client().try_wait_idle(idle_timeout).await {
+        problems.push(format!("{problem:#}"));
     }
-    let log = all_events(&shared).await;
+    let log = shared.client().all_events().await;
     println!(
         "idle at {:.1?}: {} events in the log",
         started.elapsed(),
         log.len()
     );
-    let summary = check(&shared, &work, &log, &mut problems).await;
+    let summary = check(&shared.client(), &work, &log, &mut problems).await;
     println!("{summary}");
     println!("done in {:.1?}", started.elapsed());
 
@@ -449,175 +449,20 @@ impl Workload {
 }
 
 // ---------------------------------------------------------------------------------------
-// The host process
-
-/// The `evhost up` child process and its data directory. Dropping it kills the process; if
-/// the test is failing, it keeps the data directory and the logs and prints where they are.
-struct HostProcess {
-    data: TempDir,
-    logs: TempDir,
-    port: u16,
-    child: Option<Child>,
-    starts: usize,
-}
-
-impl HostProcess {
-    fn new() -> HostProcess {
-        HostProcess {
-            data: tempfile::tempdir().expect("a temporary directory"),
-            logs: tempfile::tempdir().expect("a temporary directory"),
-            port: 0,
-            child: None,
-            starts: 0,
-        }
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log_path(&self) -> std::path::PathBuf {
-        self.logs.path().join(format!("host-{}.log", self.starts))
-    }
-
-    /// Start the host on the data directory (on the port it had, if it had one) and wait
-    /// until it is ready; returns its base URL. A port someone else took meanwhile makes the
-    /// host exit at once: then try another.
-    async fn start(&mut self, http: &reqwest::Client) -> String {
-        for attempt in 0..5 {
-            if self.port == 0 || attempt > 0 {
-                self.port = free_port();
-            }
-            self.starts += 1;
-            let log = File::create(self.log_path()).expect("a log file");
-            let child = Command::new(evhost_binary())
-                .arg("up")
-                .arg(workspace().join("examples/shop"))
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{}", self.port))
-                .arg("--data")
-                .arg(self.data.path())
-                .env("EVHOST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("a log file handle"))
-                .stderr(log)
-                .spawn()
-                .expect("failed to start the evhost binary");
-            self.child = Some(child);
-            if self.wait_ready(http).await {
-                return self.base();
-            }
-        }
-        panic!(
-            "the host failed to start five times; last log:\n{}",
-            tail(&self.log_path(), 40)
-        );
-    }
-
-    /// `true` once this child serves; `false` if it exited (its port was taken, say).
-    async fn wait_ready(&mut self, http: &reqwest::Client) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let readyz = format!("{}/readyz", self.base());
-        loop {
-            // The log line tells that this child, not some other process, holds the port.
-            let serving = std::fs::read_to_string(self.log_path())
-                .is_ok_and(|log| log.contains("evhost is serving"));
-            if serving
-                && let Ok(response) = http
-                    .get(&readyz)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                && response.status().is_success()
-            {
-                return true;
-            }
-            let child = self.child.as_mut().expect("a started child");
-            if let Some(status) = child.try_wait().expect("the child's status") {
-                self.child = None;
-                eprintln!(
-                    "the host exited while starting ({status}):\n{}",
-                    tail(&self.log_path(), 20)
-                );
-                return false;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the host did not become ready in time:\n{}",
-                tail(&self.log_path(), 40)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no grace, nothing flushed or drained.
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("a running host");
-        if let Some(status) = child.try_wait().expect("the child's status") {
-            panic!(
-                "the host exited on its own ({status}) before it was killed:\n{}",
-                tail(&self.log_path(), 40)
-            );
-        }
-        child.kill().expect("SIGKILL the host");
-        child.wait().expect("reap the killed host");
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.kill());
-            drop(child.wait());
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "last host log ({}):\n{}",
-                self.log_path().display(),
-                tail(&self.log_path(), 30)
-            );
-            let keep = |dir: &mut TempDir| {
-                std::mem::replace(dir, tempfile::tempdir().expect("a temporary directory")).keep()
-            };
-            eprintln!(
-                "kept the data directory {} and the host logs {}",
-                keep(&mut self.data).display(),
-                keep(&mut self.logs).display()
-            );
-        }
-    }
-}
-
-/// A port free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
-}
-
-/// The last `lines` lines of a file.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-// ---------------------------------------------------------------------------------------
 // The clients
 
 /// What the clients and the killer share.
 struct Shared {
-    http: reqwest::Client,
-    /// The host's base URL; it changes only if a restart had to take another port.
-    base: RwLock<String>,
+    /// The running host; every restart listens on a new port, so the killer swaps this.
+    host: RwLock<HostClient>,
     /// Requests accepted (or given up on at the deadline).
     settled: AtomicUsize,
 }
 
 impl Shared {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base.read().expect("the base URL lock"))
+    /// The host as it runs now.
+    fn client(&self) -> HostClient {
+        self.host.read().expect("the host lock").clone()
     }
 }
 
@@ -658,41 +503,30 @@ enum Answer {
 
 /// Post one request, each in its mode, and read the answer.
 async fn post(shared: &Shared, request: &Request) -> Answer {
-    let url = shared.url("/events");
-    let builder = match request.mode {
+    let host = shared.client();
+    let sent = match request.mode {
         Mode::Binary => {
             let event = &request.events[0];
-            let mut builder = shared
-                .http
-                .post(url)
-                .header("content-type", "application/json")
-                .header("ce-specversion", "1.0")
-                .header("ce-id", &event.id)
-                .header("ce-source", SOURCE)
-                .header("ce-type", event.ty);
+            let mut attributes = vec![("id", event.id.as_str()), ("source", SOURCE)];
+            attributes.push(("type", event.ty));
             if let Some(subject) = &event.subject {
-                builder = builder.header("ce-subject", subject);
+                attributes.push(("subject", subject));
             }
             if let Some(key) = &event.partitionkey {
-                builder = builder.header("ce-partitionkey", key);
+                attributes.push(("partitionkey", key));
             }
-            builder.body(event.data.to_string())
+            host.try_post_binary(&attributes, &event.data).await
         }
-        Mode::Structured => shared
-            .http
-            .post(url)
-            .header("content-type", "application/cloudevents+json")
-            .body(request.events[0].structured().to_string()),
+        Mode::Structured => {
+            host.try_post_structured(&request.events[0].structured())
+                .await
+        }
         Mode::Batch => {
             let batch: Vec<Value> = request.events.iter().map(ClientEvent::structured).collect();
-            shared
-                .http
-                .post(url)
-                .header("content-type", "application/cloudevents-batch+json")
-                .body(Value::from(batch).to_string())
+            host.try_post_batch(&batch).await
         }
     };
-    let response = match builder.send().await {
+    let response = match sent {
         Ok(response) => response,
         Err(error) => return Answer::Failed(format!("{error:#}")),
     };
@@ -841,105 +675,12 @@ async fn wait_until(what: &str, deadline: Instant, mut check: impl FnMut() -> bo
 // ---------------------------------------------------------------------------------------
 // Reading the host
 
-async fn get_json(shared: &Shared, path: &str) -> Result<Value, String> {
-    let response = shared
-        .http
-        .get(shared.url(path))
-        .send()
-        .await
-        .map_err(|err| format!("GET {path}: {err:#}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .text()
-        .await
-        .map_err(|err| format!("GET {path}: {err:#}"))?;
-    if status != 200 {
-        return Err(format!("GET {path}: {status} {body}"));
-    }
-    serde_json::from_str(&body).map_err(|err| format!("GET {path}: {err}: {body}"))
-}
-
-/// Deliveries the host counts as pending, for the kill messages (`?` if it does not answer).
+/// Deliveries the host counts as pending (not settled yet, retrying ones included), for the
+/// kill messages (`?` if it does not answer).
 async fn pending_deliveries(shared: &Shared) -> String {
-    match get_json(shared, "/admin/handlers").await {
-        Ok(body) => body["handlers"]
-            .as_array()
-            .map(|handlers| handlers.iter().filter_map(|h| h["pending"].as_u64()).sum())
-            .unwrap_or(0u64)
-            .to_string(),
+    match shared.client().api.handlers().await {
+        Ok(handlers) => handlers.iter().map(|h| h.pending).sum::<u64>().to_string(),
         Err(_) => "?".to_owned(),
-    }
-}
-
-/// One page of the log after `after`.
-async fn events_page(shared: &Shared, after: i64) -> Vec<Value> {
-    let body = get_json(shared, &format!("/admin/events?after={after}&limit=1000"))
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
-    body["events"].as_array().cloned().unwrap_or_default()
-}
-
-/// The whole log, oldest first.
-async fn all_events(shared: &Shared) -> Vec<Value> {
-    let mut all = Vec::new();
-    loop {
-        let after = all
-            .last()
-            .map_or(0, |e: &Value| e["seq"].as_i64().unwrap_or(i64::MAX));
-        let page = events_page(shared, after).await;
-        if page.is_empty() {
-            return all;
-        }
-        all.extend(page);
-    }
-}
-
-/// Wait until no delivery in the log is pending; on time out, the first one still pending.
-/// A delivery only ever leaves `pending`, and an event is only appended by ingress (done by
-/// now) or by settling a pending delivery, so the settled prefix of the log need not be read
-/// again.
-async fn wait_idle(shared: &Shared, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let mut after = 0i64;
-    loop {
-        let page = events_page(shared, after).await;
-        let Some(waiting) = page.iter().find(|event| {
-            event["deliveries"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|d| d["status"] == "pending"))
-        }) else {
-            match page.last() {
-                Some(last) => after = last["seq"].as_i64().expect("a log position"),
-                None => return Ok(()),
-            }
-            continue;
-        };
-        after = waiting["seq"].as_i64().expect("a log position") - 1;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "deliveries still pending {timeout:?} after the ingress, the first: {waiting}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn state(shared: &Shared, handler: &str, key: &str) -> Result<Option<Value>, String> {
-    let path = format!("/admin/state/{handler}/{key}");
-    let response = shared
-        .http
-        .get(shared.url(&path))
-        .send()
-        .await
-        .map_err(|err| format!("GET {path}: {err:#}"))?;
-    match response.status().as_u16() {
-        200 => response
-            .json()
-            .await
-            .map(Some)
-            .map_err(|err| format!("GET {path}: {err:#}")),
-        404 => Ok(None),
-        status => Err(format!("GET {path}: {status}")),
     }
 }
 
@@ -1000,7 +741,7 @@ enum Decision {
 
 /// Check the settled log and the state against the workload; returns a summary.
 async fn check(
-    shared: &Shared,
+    host: &HostClient,
     work: &Workload,
     log: &[Value],
     problems: &mut Vec<String>,
@@ -1242,7 +983,7 @@ async fn check(
         let reserved = reserved_units.get(sku).copied().unwrap_or(0);
         let replayed = stock.get(sku).copied().unwrap_or(0);
         let expected = (added > 0).then(|| json!(added.saturating_sub(reserved)));
-        match state(shared, "inventory", &format!("stock/{sku}")).await {
+        match host.try_state("inventory", &format!("stock/{sku}")).await {
             Ok(actual) => {
                 let ok = actual == expected && added >= reserved && replayed + reserved == added;
                 if !ok {
@@ -1252,7 +993,7 @@ async fn check(
                     ));
                 }
             }
-            Err(error) => problems.push(error),
+            Err(error) => problems.push(format!("{error:#}")),
         }
     }
 
@@ -1260,12 +1001,12 @@ async fn check(
     for ty in [PLACED, UNAVAILABLE, FAILED, SHIPPED] {
         let logged = events.iter().filter(|e| text(e, "type") == ty).count();
         let expected = (logged > 0).then(|| json!(logged));
-        match state(shared, "notification", &format!("count/{ty}")).await {
+        match host.try_state("notification", &format!("count/{ty}")).await {
             Ok(actual) if actual == expected => {}
             Ok(actual) => problems.push(format!(
                 "notification count/{ty} is {actual:?}, the log has {logged}"
             )),
-            Err(error) => problems.push(error),
+            Err(error) => problems.push(format!("{error:#}")),
         }
     }
 
@@ -1274,14 +1015,15 @@ async fn check(
         let id = order.id.as_str();
         let outcome = outcomes.get(id).copied().unwrap_or("?");
         let reads = (
-            state(shared, "order", &format!("order/{id}")).await,
-            state(shared, "payment", &format!("payment/{id}")).await,
-            state(shared, "shipping", &format!("shipment/{id}")).await,
+            host.try_state("order", &format!("order/{id}")).await,
+            host.try_state("payment", &format!("payment/{id}")).await,
+            host.try_state("shipping", &format!("shipment/{id}")).await,
         );
         let (order_state, payment, shipment) = match reads {
             (Ok(o), Ok(p), Ok(s)) => (o, p, s),
             (o, p, s) => {
-                problems.extend([o.err(), p.err(), s.err()].into_iter().flatten());
+                let errors = [o.err(), p.err(), s.err()].into_iter().flatten();
+                problems.extend(errors.map(|error| format!("{error:#}")));
                 continue;
             }
         };

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use evhost::config::Manifest;
+use evhost::store::DeliveryStatus;
 use evhost_tests::{TestHost, event, one_handler_app};
 use serde_json::{Value, json};
 
@@ -19,32 +20,8 @@ fn worker_app(module: &str, settings: &str) -> Manifest {
     )
 }
 
-async fn dead_letters(host: &TestHost, query: &str) -> Vec<Value> {
-    let body = host.get_json(&format!("/admin/deadletters{query}")).await;
-    body["deadletters"].as_array().cloned().unwrap_or_default()
-}
-
-async fn wait_dead_letters(host: &TestHost, count: usize) -> Vec<Value> {
-    let what = format!("{count} dead letters");
-    host.poll(&what, WAIT, || async {
-        let letters = dead_letters(host, "").await;
-        (letters.len() >= count).then_some(letters)
-    })
-    .await
-}
-
-/// The deliveries of the logged event with this id.
-async fn deliveries_of(host: &TestHost, id: &str) -> Vec<Value> {
-    host.all_events()
-        .await
-        .into_iter()
-        .find(|e| e["event"]["id"] == id)
-        .map(|e| e["deliveries"].as_array().cloned().unwrap_or_default())
-        .unwrap_or_default()
-}
-
-fn unix_ms(rfc3339: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().expect("a time"))
+fn unix_ms(rfc3339: Option<&str>) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.expect("a time"))
         .expect("RFC 3339")
         .timestamp_millis()
 }
@@ -59,24 +36,23 @@ async fn retries_back_off_exponentially_then_dead_letter_with_every_error() {
     let failing = event("flaky-1", "test.work.v1", json!({"fail": "retry"}));
     assert_eq!(host.post_structured(&failing).await.status(), 202);
 
-    let letters = wait_dead_letters(&host, 1).await;
+    let letters = host.wait_dead_letters(1, WAIT).await;
     let letter = &letters[0];
-    assert_eq!(letter["handler"], "worker");
-    assert_eq!(letter["event"]["id"], "flaky-1");
-    assert_eq!(letter["attempts"], 4);
-    let errors = letter["errors"].as_array().expect("errors");
+    assert_eq!(letter.handler, "worker");
+    assert_eq!(letter.event["id"], "flaky-1");
+    assert_eq!(letter.attempts, 4);
+    let errors = &letter.errors;
     assert_eq!(
         errors.len(),
         4,
         "every attempt records its error: {errors:?}"
     );
     assert!(
-        errors
-            .iter()
-            .all(|e| e["error"].as_str().is_some_and(|m| m.contains("retry")))
+        errors.iter().all(|e| e.error.contains("retry")),
+        "{errors:?}"
     );
     // Waits of at least half of 100, 200, 400 ms (jitter takes up to half off).
-    let times: Vec<i64> = errors.iter().map(|e| unix_ms(&e["at"])).collect();
+    let times: Vec<i64> = errors.iter().map(|e| unix_ms(e.at.as_deref())).collect();
     for (i, pair) in times.windows(2).enumerate() {
         let floor = 50 << i;
         assert!(pair[1] - pair[0] >= floor, "gap {i} too short: {times:?}");
@@ -92,34 +68,30 @@ async fn reject_dead_letters_at_once_and_the_admin_api_lists_filters_and_deletes
         let e = event(id, "test.work.v1", json!({"fail": fail}));
         assert_eq!(host.post_structured(&e).await.status(), 202);
     }
-    let letters = wait_dead_letters(&host, 2).await;
-    assert!(letters.iter().all(|l| l["attempts"] == 1), "{letters:?}");
+    let letters = host.wait_dead_letters(2, WAIT).await;
+    assert!(letters.iter().all(|l| l.attempts == 1), "{letters:?}");
 
-    assert_eq!(dead_letters(&host, "?handler=worker").await.len(), 2);
-    assert_eq!(dead_letters(&host, "?handler=nobody").await.len(), 0);
-    assert_eq!(
-        dead_letters(&host, "?type=test.work.v1&limit=1")
-            .await
-            .len(),
-        1
-    );
+    assert_eq!(host.dead_letters(&[("handler", "worker")]).await.len(), 2);
+    assert_eq!(host.dead_letters(&[("handler", "nobody")]).await.len(), 0);
+    let one_of_type = [("type", "test.work.v1"), ("limit", "1")];
+    assert_eq!(host.dead_letters(&one_of_type).await.len(), 1);
 
-    let id = letters[0]["id"].as_i64().expect("an id");
+    let id = letters[0].id;
     let one = host.get(&format!("/admin/deadletters/{id}")).await;
     assert_eq!(one.status(), 200);
     let one: Value = one.json().await.expect("JSON");
-    assert_eq!(one["event"]["id"], letters[0]["event"]["id"]);
+    assert_eq!(one["event"]["id"], letters[0].event["id"]);
 
     let deleted = host.delete(&format!("/admin/deadletters/{id}")).await;
     assert_eq!(deleted.status(), 204);
-    assert_eq!(dead_letters(&host, "").await.len(), 1);
+    assert_eq!(host.dead_letters(&[]).await.len(), 1);
     let again = host.delete(&format!("/admin/deadletters/{id}")).await;
     assert_eq!(again.status(), 404);
     // The event itself stays in the log.
-    let discarded = letters[0]["event"]["id"].as_str().expect("an id");
+    let discarded = letters[0].event["id"].as_str().expect("an id");
     assert_eq!(
-        deliveries_of(&host, discarded).await[0]["status"],
-        "discarded"
+        host.deliveries_of(discarded).await[0].status,
+        DeliveryStatus::Discarded
     );
 }
 
@@ -134,9 +106,9 @@ async fn a_redrive_after_the_handler_is_fixed_delivers_once() {
     .await;
     let e = event("broken-1", "test.trap.v1", json!({}));
     assert_eq!(host.post_structured(&e).await.status(), 202);
-    let letters = wait_dead_letters(&host, 1).await;
-    let id = letters[0]["id"].as_i64().expect("an id");
-    assert_eq!(letters[0]["attempts"], 2);
+    let letters = host.wait_dead_letters(1, WAIT).await;
+    let id = letters[0].id;
+    assert_eq!(letters[0].attempts, 2);
     let (_, data) = host.stop().await;
 
     let fixed = worker_app("recorder", "max_attempts = 2");
@@ -151,10 +123,11 @@ async fn a_redrive_after_the_handler_is_fixed_delivers_once() {
     })
     .await;
     host.wait_idle(WAIT).await;
-    let delivery = &deliveries_of(&host, "broken-1").await[0];
-    assert_eq!(delivery["status"], "done");
-    assert_eq!(delivery["redrives"], 1);
-    assert!(dead_letters(&host, "").await.is_empty());
+    let delivery = &host.deliveries_of("broken-1").await[0];
+    assert_eq!(delivery.status, DeliveryStatus::Done);
+    assert_eq!(delivery.redrives, 1);
+    let letters = host.dead_letters(&[]).await;
+    assert!(letters.is_empty(), "{letters:?}");
     // A second redrive of the same id finds nothing dead.
     let again = host.post(&format!("/admin/deadletters/{id}/redrive")).await;
     assert_eq!(again.status(), 404);
@@ -170,12 +143,9 @@ async fn a_retry_timer_survives_a_restart() {
     let e = event("later-1", "test.trap.v1", json!({}));
     assert_eq!(host.post_structured(&e).await.status(), 202);
     let retrying = host
-        .poll("the first attempt failed", WAIT, || async {
-            let deliveries = deliveries_of(&host, "later-1").await;
-            deliveries.into_iter().find(|d| d["status"] == "retrying")
-        })
+        .wait_delivery("later-1", "worker", DeliveryStatus::Retrying, WAIT)
         .await;
-    let due = unix_ms(&retrying["next_attempt_at"]);
+    let due = unix_ms(retrying.next_attempt_at.as_deref());
     let (_, data) = host.stop().await;
 
     // Restart with a handler that succeeds: the pending retry runs at its time, not before.
@@ -188,9 +158,9 @@ async fn a_retry_timer_survives_a_restart() {
     .await;
     let ran_at = chrono::Utc::now().timestamp_millis();
     assert!(ran_at >= due, "the retry ran {} ms early", due - ran_at);
-    let delivery = &deliveries_of(&host, "later-1").await[0];
-    assert_eq!(delivery["status"], "done");
-    assert_eq!(delivery["attempts"], 2, "one failure, then the success");
+    let delivery = &host.deliveries_of("later-1").await[0];
+    assert_eq!(delivery.status, DeliveryStatus::Done);
+    assert_eq!(delivery.attempts, 2, "one failure, then the success");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,29 +173,18 @@ async fn the_history_links_each_delivery_to_the_events_it_caused() {
     );
     assert_eq!(host.post_structured(&e).await.status(), 202);
     host.wait_idle(WAIT).await;
-    let events = host.all_events().await;
-    let cause = events
+    let log = host.event_log().await;
+    let cause = log
         .iter()
-        .find(|e| e["event"]["id"] == "cause-1")
+        .find(|e| e.event["id"] == "cause-1")
         .expect("the cause");
-    let caused = cause["deliveries"][0]["caused"]
-        .as_array()
-        .expect("caused")
-        .clone();
-    assert_eq!(caused.len(), 1);
-    let effect = events
-        .iter()
-        .find(|e| e["seq"] == caused[0])
-        .expect("the effect");
-    assert_eq!(effect["event"]["type"], "test.effect.v1");
-    assert_eq!(effect["event"]["causationid"], "cause-1");
-    assert_eq!(effect["event"]["source"], "/test/worker");
-    assert!(
-        effect["deliveries"]
-            .as_array()
-            .expect("deliveries")
-            .is_empty()
-    );
+    let caused = &cause.deliveries[0].caused;
+    assert_eq!(caused.len(), 1, "{cause:?}");
+    let effect = log.iter().find(|e| e.seq == caused[0]).expect("the effect");
+    assert_eq!(effect.event["type"], "test.effect.v1");
+    assert_eq!(effect.event["causationid"], "cause-1");
+    assert_eq!(effect.event["source"], "/test/worker");
+    assert!(effect.deliveries.is_empty(), "{effect:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,22 +193,16 @@ async fn a_graceful_stop_lets_running_invocations_commit() {
     let slow = event("slow-1", "test.work.v1", json!({"sleep_ms": 400}));
     assert_eq!(host.post_structured(&slow).await.status(), 202);
     host.eventually("the invocation is running", WAIT, || async {
-        let body: Value = host
-            .get("/admin/handlers")
-            .await
-            .json()
-            .await
-            .expect("JSON");
-        body["handlers"][0]["in_flight"] == 1
+        host.handlers().await[0].in_flight == 1
     })
     .await;
     let (manifest, data) = host.stop().await;
 
     // It finished and committed during the stop: after a restart nothing runs it again.
     let host = TestHost::start_on(manifest, data).await.expect("restarts");
-    let delivery = &deliveries_of(&host, "slow-1").await[0];
-    assert_eq!(delivery["status"], "done", "{delivery}");
-    assert_eq!(delivery["attempts"], 1);
+    let delivery = &host.deliveries_of("slow-1").await[0];
+    assert_eq!(delivery.status, DeliveryStatus::Done, "{delivery:?}");
+    assert_eq!(delivery.attempts, 1);
     assert_eq!(host.state("worker", "count").await, Some(json!(1)));
 }
 

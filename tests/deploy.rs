@@ -39,16 +39,12 @@ async fn put_handler(
     if let Some(config) = config {
         form = form.text("config", config);
     }
-    host.client
+    host.http
         .put(host.url(&format!("/admin/handlers/{name}")))
         .multipart(form)
         .send()
         .await
         .expect("the host answers")
-}
-
-async fn handler_info(host: &TestHost, name: &str) -> Value {
-    host.get_json(&format!("/admin/handlers/{name}")).await
 }
 
 fn module(name: &str) -> Vec<u8> {
@@ -93,15 +89,14 @@ async fn a_new_version_and_a_rollback_go_live_while_events_flow() {
     .await;
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
     let v2_live = Instant::now();
-    let body: Value = handler_info(&host, "worker").await;
-    assert_eq!(body["version"], 2);
+    assert_eq!(host.handler_info("worker").await.version, 2);
 
     tokio::time::sleep(Duration::from_millis(600)).await;
     let rollback_started = Instant::now();
     let response = host.post("/admin/handlers/worker/rollback").await;
     assert_eq!(response.status(), 200);
     let v1_back = Instant::now();
-    assert_eq!(handler_info(&host, "worker").await["version"], 1);
+    assert_eq!(host.handler_info("worker").await.version, 1);
 
     tokio::time::sleep(Duration::from_millis(600)).await;
     stop.store(true, Ordering::Relaxed);
@@ -110,13 +105,8 @@ async fn a_new_version_and_a_rollback_go_live_while_events_flow() {
 
     // Nothing failed, nothing was lost, each event was handled once, by one version.
     assert_eq!(host.state("worker", "count").await, Some(json!(sent.len())));
-    let dead: Value = host
-        .get("/admin/deadletters")
-        .await
-        .json()
-        .await
-        .expect("JSON");
-    assert_eq!(dead["deadletters"], json!([]));
+    let dead = host.dead_letters(&[]).await;
+    assert!(dead.is_empty(), "{dead:?}");
     let (mut before, mut during, mut after) = (0, 0, 0);
     for (id, posted) in &sent {
         let label = host.state("worker", &format!("handled/{id}")).await;
@@ -200,7 +190,7 @@ async fn bad_modules_and_settings_are_400s_and_the_live_version_stays() {
     assert_eq!(response.status(), 400);
 
     // Still version 1, still working.
-    assert_eq!(handler_info(&host, "worker").await["version"], 1);
+    assert_eq!(host.handler_info("worker").await.version, 1);
     assert_eq!(
         host.post_structured(&event("after", "test.work.v1", json!({})))
             .await
@@ -273,21 +263,14 @@ async fn subscriptions_change_at_the_swap_and_removal_dead_letters_what_was_pend
             .status(),
         202
     );
-    let letters: Value = host
-        .get("/admin/deadletters?handler=worker")
-        .await
-        .json()
-        .await
-        .expect("JSON");
-    let letters = letters["deadletters"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let letters = host.dead_letters(&[("handler", "worker")]).await;
     assert_eq!(letters.len() as u64, dead);
+    let first_errors: Vec<Option<&str>> = letters
+        .iter()
+        .map(|l| l.errors.first().map(|e| e.error.as_str()))
+        .collect();
     assert!(
-        letters
-            .iter()
-            .all(|l| l["errors"][0]["error"] == "handler removed"),
+        first_errors.iter().all(|e| *e == Some("handler removed")),
         "{letters:?}"
     );
 
@@ -366,10 +349,14 @@ async fn deployments_survive_a_restart_and_load_from_the_compiled_cache() {
             .expect("restarts");
     // The manifest is unchanged since the first start, so it is not deployed again: the
     // stored version 2 stays live.
-    let worker = handler_info(&host, "worker").await;
-    assert_eq!(worker["version"], 2, "{worker}");
-    assert_eq!(worker["versions"].as_array().map(Vec::len), Some(2));
-    assert_eq!(handler_info(&host, "extra").await["version"], 1);
+    let worker = host.handler_info("worker").await;
+    assert_eq!(worker.version, 2, "{worker:?}");
+    assert_eq!(
+        worker.versions.as_ref().map(Vec::len),
+        Some(2),
+        "{worker:?}"
+    );
+    assert_eq!(host.handler_info("extra").await.version, 1);
     assert_eq!(
         compile_cache(&host, "miss").await,
         0,
@@ -393,7 +380,7 @@ async fn deployments_survive_a_restart_and_load_from_the_compiled_cache() {
 }
 
 async fn compile_cache(host: &TestHost, result: &str) -> u64 {
-    let text = host.get("/metrics").await.text().await.expect("text");
+    let text = host.metrics().await;
     let prefix = format!("evhost_compile_cache_lookups{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -411,7 +398,7 @@ async fn the_admin_api_requires_the_token_when_one_is_set() {
     .expect("starts");
     for (token, status) in [(None, 401), (Some("wrong"), 401), (Some("s3cret"), 200)] {
         for path in ["/admin/handlers", "/admin/events", "/admin/deadletters"] {
-            let mut request = host.client.get(host.url(path));
+            let mut request = host.http.get(host.url(path));
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
@@ -471,14 +458,14 @@ async fn watch_redeploys_a_handler_when_its_module_file_changes() {
     let host = TestHost::start_configured(app, data, |o| o.watch = true)
         .await
         .expect("starts");
-    assert_eq!(handler_info(&host, "worker").await["version"], 1);
+    assert_eq!(host.handler_info("worker").await.version, 1);
 
     // A rebuild lands a different module at the same path.
     std::fs::copy(guest("misbehave"), &path).expect("copy");
     let expected = evhost::runtime::module_sha256(&module("misbehave"));
     host.eventually("the new module is live", WAIT, || async {
-        let info = handler_info(&host, "worker").await;
-        info["version"] == 2 && info["module_sha256"] == expected.as_str()
+        let info = host.handler_info("worker").await;
+        info.version == 2 && info.module_sha256 == expected
     })
     .await;
     assert_eq!(

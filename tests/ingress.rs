@@ -34,7 +34,7 @@ async fn post_raw(
     headers: &[(&str, &str)],
     body: impl Into<reqwest::Body>,
 ) -> reqwest::Response {
-    let mut request = host.client.post(host.url(path)).body(body);
+    let mut request = host.http.post(host.url(path)).body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -87,23 +87,6 @@ fn ids(page: &[Value]) -> Vec<&str> {
     page.iter()
         .map(|e| e["event"]["id"].as_str().expect("an id"))
         .collect()
-}
-
-/// The body of `GET /admin/events` with these query parameters.
-async fn events_page(host: &TestHost, query: &[(&str, &str)]) -> Value {
-    let response = host
-        .client
-        .get(host.url("/admin/events"))
-        .query(query)
-        .send()
-        .await
-        .expect("the host answers");
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "GET /admin/events {query:?}"
-    );
-    response.json().await.expect("a JSON body")
 }
 
 /// Standard base64 with padding, as the JSON event format writes `data_base64`.
@@ -367,7 +350,7 @@ async fn the_cloudevents_sdk_can_send_in_binary_mode() {
         .build()
         .expect("a valid SDK event");
     let response = host
-        .client
+        .http
         .post(host.url("/events"))
         .event(event.clone())
         .expect("the SDK writes the request")
@@ -420,9 +403,7 @@ async fn the_cloudevents_sdk_can_send_in_structured_and_batch_mode() {
     for event in [&json_event, &binary_event] {
         let request = event
             .clone()
-            .deserialize_structured(RequestSerializer::new(
-                host.client.post(host.url("/events")),
-            ))
+            .deserialize_structured(RequestSerializer::new(host.http.post(host.url("/events"))))
             .expect("the SDK writes the request");
         let response = request.send().await.expect("the host answers");
         assert_eq!(accepted(response).await["mode"], "structured");
@@ -451,7 +432,7 @@ async fn the_cloudevents_sdk_can_send_in_structured_and_batch_mode() {
         })
         .collect();
     let response = host
-        .client
+        .http
         .post(host.url("/events"))
         .events(batch)
         .expect("the SDK writes the request")
@@ -927,7 +908,7 @@ async fn concurrent_posts_are_each_stored_once() {
     let host = shop().await;
     let post = |body: Value| {
         let request = host
-            .client
+            .http
             .post(host.url("/events"))
             .header(STRUCTURED.0, STRUCTURED.1)
             .body(body.to_string());
@@ -977,7 +958,7 @@ async fn other_methods_are_405_with_allow() {
     for path in ["/", "/events"] {
         for method in [Method::GET, Method::PUT, Method::DELETE, Method::PATCH] {
             let response = host
-                .client
+                .http
                 .request(method.clone(), host.url(path))
                 .body(event("m-1", UNROUTED, json!(1)).to_string())
                 .send()
@@ -996,7 +977,7 @@ async fn options_is_the_webhook_handshake() {
     let host = shop().await;
     for path in ["/", "/events"] {
         let response = host
-            .client
+            .http
             .request(Method::OPTIONS, host.url(path))
             .header("WebHook-Request-Origin", "eventemitter.example.com")
             .header("WebHook-Request-Rate", "120")
@@ -1015,7 +996,7 @@ async fn options_is_the_webhook_handshake() {
 
     // Without an origin there is nothing to grant.
     let response = host
-        .client
+        .http
         .request(Method::OPTIONS, host.url("/events"))
         .send()
         .await
@@ -1036,7 +1017,7 @@ async fn unknown_paths_are_404_problems() {
         (Method::GET, "/admin/state/inventory"),
     ] {
         let response = host
-            .client
+            .http
             .request(method.clone(), host.url(path))
             .header(STRUCTURED.0, STRUCTURED.1)
             .body(event("p-1", UNROUTED, json!(1)).to_string())
@@ -1240,7 +1221,7 @@ async fn the_event_log_filters_and_pages_oldest_first() {
             if let Some(after) = &after {
                 query.push(("after", after));
             }
-            let body = events_page(&host, &query).await;
+            let body = host.events_page(&query).await;
             let page: Vec<String> = body["events"]
                 .as_array()
                 .expect("events")
@@ -1275,7 +1256,7 @@ async fn the_event_log_filters_and_pages_oldest_first() {
         vec![("tpye", A)],
     ] {
         let response = host
-            .client
+            .http
             .get(host.url("/admin/events"))
             .query(&query)
             .send()
@@ -1300,7 +1281,7 @@ async fn handler_state_is_readable_by_key_with_slashes() {
     .await;
 
     let get = |path: String| {
-        let request = host.client.get(host.url(&path));
+        let request = host.http.get(host.url(&path));
         async move { request.send().await.expect("the host answers") }
     };
     let response = get("/admin/state/inventory/stock/sku-1".into()).await;
@@ -1328,7 +1309,7 @@ async fn health_and_readiness_are_200() {
     let host = shop().await;
     for path in ["/healthz", "/readyz"] {
         let response = host
-            .client
+            .http
             .get(host.url(path))
             .send()
             .await

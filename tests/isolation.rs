@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use evhost::store::DeliveryStatus;
 use evhost_tests::{TestHost, event, manifest};
 use serde_json::{Value, json};
 
@@ -48,25 +49,6 @@ fn misbehaving_app() -> evhost::config::Manifest {
     )
 }
 
-/// The single delivery of the event with this id.
-async fn delivery_of(host: &TestHost, id: &str) -> Value {
-    let events = host.all_events().await;
-    let logged = events
-        .iter()
-        .find(|e| e["event"]["id"] == id)
-        .unwrap_or_else(|| panic!("event {id} is in the log"));
-    logged["deliveries"][0].clone()
-}
-
-async fn wait_dead(host: &TestHost, id: &str) -> Value {
-    let what = format!("the delivery of {id} to die");
-    host.poll(&what, WAIT, || async {
-        let delivery = delivery_of(host, id).await;
-        (delivery["status"] == "dead").then_some(delivery)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_loop_and_memory_hog_each_fail_alone() {
     let host = TestHost::start(misbehaving_app()).await;
@@ -92,28 +74,30 @@ async fn trap_loop_and_memory_hog_each_fail_alone() {
     .await;
     let recorder_done = started.elapsed();
 
-    let trapped = wait_dead(&host, "trap-1").await;
+    let trapped = host.wait_dead("trap-1", "trapper", WAIT).await;
     assert!(
-        trapped["last_error"]
-            .as_str()
+        trapped
+            .last_error
+            .as_deref()
             .is_some_and(|e| e.contains("trapped")),
-        "{trapped}"
+        "{trapped:?}"
     );
     for id in ["loop-1", "loop-2"] {
-        let looped = wait_dead(&host, id).await;
+        let looped = host.wait_dead(id, "looper", WAIT).await;
         assert!(
-            looped["last_error"]
-                .as_str()
+            looped
+                .last_error
+                .as_deref()
                 .is_some_and(|e| e.contains("timed out")),
-            "{looped}"
+            "{looped:?}"
         );
     }
-    let hog = wait_dead(&host, "alloc-1").await;
+    let hog = host.wait_dead("alloc-1", "hog", WAIT).await;
     assert!(
-        hog["last_error"]
-            .as_str()
+        hog.last_error
+            .as_deref()
             .is_some_and(|e| e.contains("memory limit of 16 MiB")),
-        "{hog}"
+        "{hog:?}"
     );
     // The endless loops were cut at their timeout, not allowed to hold the others back.
     assert!(
@@ -155,18 +139,19 @@ async fn a_failing_delivery_is_retried_then_dead_lettered() {
     let rejected = event("rejected", "test.ok.v1", json!({"fail": "reject"}));
     assert_eq!(host.post_structured(&rejected).await.status(), 202);
 
-    let retried = wait_dead(&host, "fails").await;
-    assert_eq!(retried["attempts"], 3, "{retried}");
-    let rejected = wait_dead(&host, "rejected").await;
+    let retried = host.wait_dead("fails", "recorder", WAIT).await;
+    assert_eq!(retried.attempts, 3, "{retried:?}");
+    let rejected = host.wait_dead("rejected", "recorder", WAIT).await;
     assert_eq!(
-        rejected["attempts"], 1,
-        "a reject is not retried: {rejected}"
+        rejected.attempts, 1,
+        "a reject is not retried: {rejected:?}"
     );
     assert!(
-        rejected["last_error"]
-            .as_str()
+        rejected
+            .last_error
+            .as_deref()
             .is_some_and(|e| e.contains("rejected")),
-        "{rejected}"
+        "{rejected:?}"
     );
 }
 
@@ -199,8 +184,11 @@ async fn concurrent_invocations_of_one_key_lose_no_update() {
         .await
         .expect("the recorder's list");
     assert_eq!(seen.as_array().map(Vec::len), Some(60), "{seen}");
-    for logged in host.all_events().await {
-        assert_eq!(logged["deliveries"][0]["status"], "done", "{logged}");
+    let log = host.event_log().await;
+    assert_eq!(log.len(), 60);
+    for logged in &log {
+        let statuses: Vec<DeliveryStatus> = logged.deliveries.iter().map(|d| d.status).collect();
+        assert_eq!(statuses, [DeliveryStatus::Done], "{logged:?}");
     }
 }
 

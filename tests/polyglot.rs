@@ -4,8 +4,10 @@
 //! `build` commands run (`handlers/python/build.py`, `handlers/js/build.mjs`). The scripts
 //! install their own tools (a venv with the pinned componentize-py, `npm ci` from the
 //! lockfile) on the first run and rebuild only what changed, so only the first test run on a
-//! machine pays for them. They need `python3` (3.10+) and `node` (18+) with `npm`; set
-//! `EVHOST_PYTHON` / `EVHOST_NODE` to use others.
+//! machine pays for them. They need `python3` (3.10+, with `venv`) and `node` (18+) with
+//! `npm`; set `EVHOST_PYTHON` / `EVHOST_NODE` to use others. Without them these tests fail at
+//! their start, saying what to install: they do not skip, since `cargo test` is the whole
+//! suite and a run that could not check the Python and JavaScript handlers did not pass.
 //!
 //! The fixtures are the recorder in three languages (handlers/fixtures/recorder,
 //! handlers/python/recorder, handlers/js/recorder): the same events go to all three, and each
@@ -13,52 +15,120 @@
 //! way. The polyglot shop (examples/shop/evhost.polyglot.toml) runs through the CLI with
 //! `--build`, which also shows the handlers' log lines reaching the host's log.
 //!
-//! `cargo test -p evhost-tests --test polyglot -- --ignored --nocapture` runs the benchmark:
-//! per-event cost of the same trivial handler in each language, and compile time cold vs
-//! cached (`EVHOST_BENCH_ONLY=python` runs the rows whose name contains `python`,
+//! `cargo test -p evhost-tests --test main polyglot_cost -- --ignored --nocapture` runs the
+//! benchmark: per-event cost of the same trivial handler in each language, and compile time
+//! cold vs cached (`EVHOST_BENCH_ONLY=python` runs the rows whose name contains `python`,
 //! `EVHOST_BENCH_EVENTS=1000` times more events).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use evhost::config::HandlerSettings;
 use evhost::name::HandlerName;
 use evhost::runtime::{Runtime, RuntimeOptions};
+use evhost::store::DeliveryStatus;
 use evhost_tests::{
-    TestHost, event, evhost_binary, guest, guests_dir, manifest, place_order, stock_added,
-    workspace,
+    HostProcess, TestHost, event, guest, guests_dir, manifest, place_order, shared_cache_dir,
+    stock_added, workspace,
 };
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The compiled-component cache the in-process test hosts share (tests/support).
-fn shared_cache_dir() -> PathBuf {
-    workspace().join("target/evhost-test-cache")
+/// One language's build: the interpreter its script runs on and what to tell someone who
+/// lacks it.
+struct LanguageBuild {
+    language: &'static str,
+    /// The variable naming another interpreter than `default`.
+    variable: &'static str,
+    default: &'static str,
+    script: &'static str,
+    needs: &'static str,
+}
+
+const PYTHON: LanguageBuild = LanguageBuild {
+    language: "Python",
+    variable: "EVHOST_PYTHON",
+    default: "python3",
+    script: "handlers/python/build.py",
+    needs: "python3 (3.10 or later) with its venv module is needed for the Python handler \
+            tests: apt install python3 python3-venv (Debian/Ubuntu)",
+};
+
+const NODE: LanguageBuild = LanguageBuild {
+    language: "JavaScript",
+    variable: "EVHOST_NODE",
+    default: "node",
+    script: "handlers/js/build.mjs",
+    needs: "node (18 or later) with npm is needed for the JavaScript handler tests: apt \
+            install nodejs npm (Debian/Ubuntu), or Node.js from https://nodejs.org",
+};
+
+impl LanguageBuild {
+    fn interpreter(&self) -> String {
+        std::env::var(self.variable).unwrap_or_else(|_| self.default.to_owned())
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(self.interpreter());
+        command.arg(workspace().join(self.script));
+        command
+    }
+
+    /// What is missing for this build, asking the script itself (`--check`: its interpreter
+    /// and the tools it would install, without building), so that the test and a build by
+    /// hand agree on what is needed.
+    fn missing(&self) -> Option<String> {
+        let interpreter = self.interpreter();
+        let chosen = match std::env::var_os(self.variable) {
+            Some(_) => format!("from {}", self.variable),
+            None => format!("from the PATH; {} names another", self.variable),
+        };
+        match self.command().arg("--check").output() {
+            Err(err) => Some(format!(
+                "cannot run `{interpreter}` ({chosen}): {err}. {}",
+                self.needs
+            )),
+            Ok(output) if !output.status.success() => Some(format!(
+                "{} --check: {}. {}",
+                self.script,
+                String::from_utf8_lossy(&output.stderr).trim(),
+                self.needs
+            )),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// Fail the test at once, naming everything missing, when the Python or JavaScript build
+/// cannot run here.
+fn require_build_tools() {
+    static CHECKED: OnceLock<Vec<String>> = OnceLock::new();
+    let missing = CHECKED.get_or_init(|| {
+        [PYTHON, NODE]
+            .iter()
+            .filter_map(LanguageBuild::missing)
+            .collect()
+    });
+    assert!(
+        missing.is_empty(),
+        "the polyglot tests cannot build their handlers on this machine, so they fail (they \
+         do not skip):\n  - {}",
+        missing.join("\n  - ")
+    );
 }
 
 /// Build the Python and JavaScript handlers `names` (one language after the other: the
 /// machine is small). The scripts skip what is up to date.
 fn build_polyglot(names: &[&str]) -> PathBuf {
-    let python = std::env::var("EVHOST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let node = std::env::var("EVHOST_NODE").unwrap_or_else(|_| "node".into());
-    let root = workspace();
-    run(
-        Command::new(python)
-            .arg(root.join("handlers/python/build.py"))
-            .args(names),
-        "build the Python handlers (handlers/python/build.py)",
-    );
-    run(
-        Command::new(node)
-            .arg(root.join("handlers/js/build.mjs"))
-            .args(names),
-        "build the JavaScript handlers (handlers/js/build.mjs)",
-    );
-    root.join("target")
+    require_build_tools();
+    for build in [PYTHON, NODE] {
+        let what = format!("build the {} handlers ({})", build.language, build.script);
+        run(build.command().args(names), &what);
+    }
+    workspace().join("target")
 }
 
 /// The workspace's target folder once the Python and JavaScript handlers the tests use are
@@ -112,42 +182,6 @@ fn polyglot_manifest(toml: &str) -> evhost::config::Manifest {
     let target = polyglot_built();
     guests_dir();
     manifest(&toml.replace("{target}", &target.display().to_string()))
-}
-
-/// The delivery of event `id` to `handler`, as the admin API shows it.
-async fn delivery(host: &TestHost, id: &str, handler: &str) -> Value {
-    let events = host
-        .events(&[("type", "test.poly.v1"), ("limit", "1000")])
-        .await
-        .into_iter()
-        .chain(
-            host.events(&[("type", "test.trap.v1"), ("limit", "1000")])
-                .await,
-        );
-    for logged in events {
-        if logged["event"]["id"] == id {
-            let deliveries = logged["deliveries"].as_array().cloned().unwrap_or_default();
-            if let Some(found) = deliveries.into_iter().find(|d| d["handler"] == handler) {
-                return found;
-            }
-        }
-    }
-    panic!("no delivery of {id} to {handler}");
-}
-
-async fn wait_status(host: &TestHost, id: &str, handler: &str, status: &str) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let found = delivery(host, id, handler).await;
-        if found["status"] == status {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the delivery of {id} to {handler} never became {status}: {found}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// The recorder in Rust, Python and JavaScript, on the same events; and, for a thrown
@@ -206,7 +240,8 @@ async fn python_and_js_keep_the_contract_beside_rust() {
     let first = poly_event("ok-1", "k", json!({}));
     assert_eq!(host.post_structured(&first).await.status(), 202);
     for handler in LANGUAGES {
-        wait_status(&host, "ok-1", handler, "done").await;
+        host.wait_delivery("ok-1", handler, DeliveryStatus::Done, WAIT)
+            .await;
     }
     // Emit: one event each, completed by the host.
     let emitting = poly_event(
@@ -221,7 +256,8 @@ async fn python_and_js_keep_the_contract_beside_rust() {
     );
     assert_eq!(host.post_structured(&emitting).await.status(), 202);
     for handler in LANGUAGES {
-        wait_status(&host, "emit-1", handler, "done").await;
+        host.wait_delivery("emit-1", handler, DeliveryStatus::Done, WAIT)
+            .await;
         assert_eq!(
             host.state(handler, "seen/k").await,
             Some(json!(["ok-1", "emit-1"])),
@@ -277,32 +313,34 @@ async fn python_and_js_keep_the_contract_beside_rust() {
         assert_eq!(host.post_structured(e).await.status(), 202);
     }
     for handler in LANGUAGES {
-        let retried = wait_status(&host, "retry-1", handler, "dead").await;
-        assert_eq!(retried["attempts"], 3, "{handler}: {retried}");
+        let retried = host.wait_dead("retry-1", handler, WAIT).await;
+        assert_eq!(retried.attempts, 3, "{handler}: {retried:?}");
         assert!(
-            retried["last_error"]
-                .as_str()
+            retried
+                .last_error
+                .as_deref()
                 .is_some_and(|e| e.contains("asked to retry") && e.contains("retry-1")),
-            "{handler}: {retried}"
+            "{handler}: {retried:?}"
         );
-        let rejected = wait_status(&host, "reject-1", handler, "dead").await;
-        assert_eq!(rejected["attempts"], 1, "{handler}: {rejected}");
+        let rejected = host.wait_dead("reject-1", handler, WAIT).await;
+        assert_eq!(rejected.attempts, 1, "{handler}: {rejected:?}");
         assert!(
-            rejected["last_error"]
-                .as_str()
+            rejected
+                .last_error
+                .as_deref()
                 .is_some_and(|e| e.contains("rejected the event") && e.contains("reject-1")),
-            "{handler}: {rejected}"
+            "{handler}: {rejected:?}"
         );
     }
-    let panicked = wait_status(&host, "throw-1", "rust-panics", "dead").await;
-    assert_eq!(panicked["attempts"], 3, "{panicked}");
+    let panicked = host.wait_dead("throw-1", "rust-panics", WAIT).await;
+    assert_eq!(panicked.attempts, 3, "{panicked:?}");
     for (handler, exception) in [("python", "RuntimeError"), ("js", "TypeError")] {
-        let thrown = wait_status(&host, "throw-1", handler, "dead").await;
-        assert_eq!(thrown["attempts"], 3, "{handler}: {thrown}");
-        let error = thrown["last_error"].as_str().unwrap_or_default();
+        let thrown = host.wait_dead("throw-1", handler, WAIT).await;
+        assert_eq!(thrown.attempts, 3, "{handler}: {thrown:?}");
+        let error = thrown.last_error.as_deref().unwrap_or_default();
         assert!(
             error.contains(&format!("uncaught {exception}")) && error.contains("throw-1"),
-            "{handler}: the exception is the reason: {thrown}"
+            "{handler}: the exception is the reason: {thrown:?}"
         );
     }
     host.wait_idle(WAIT).await;
@@ -330,57 +368,15 @@ async fn refused_emits_are_rejected_in_every_language() {
     );
     assert_eq!(host.post_structured(&bad).await.status(), 202);
     for handler in LANGUAGES {
-        let rejected = wait_status(&host, "bad-emit", handler, "dead").await;
-        assert_eq!(rejected["attempts"], 1, "{handler}: {rejected}");
+        let rejected = host.wait_dead("bad-emit", handler, WAIT).await;
+        assert_eq!(rejected.attempts, 1, "{handler}: {rejected:?}");
         assert!(
-            rejected["last_error"]
-                .as_str()
+            rejected
+                .last_error
+                .as_deref()
                 .is_some_and(|e| e.contains("cannot emit") && e.contains("whitespace")),
-            "{handler}: {rejected}"
+            "{handler}: {rejected:?}"
         );
-    }
-}
-
-/// A running `evhost` process, its log lines (JSON) collected as they come.
-struct HostProcess {
-    child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
-}
-
-impl HostProcess {
-    fn lines(&self) -> Vec<Value> {
-        self.lines.lock().expect("the log lines").clone()
-    }
-
-    /// The address from the "evhost is serving" line, once the host got there.
-    fn wait_serving(&mut self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(addr) = self
-                .lines()
-                .iter()
-                .find(|l| l["fields"]["message"] == "evhost is serving")
-                .and_then(|l| l["fields"]["addr"].as_str().map(str::to_owned))
-            {
-                return addr;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("evhost exited ({status}):\n{:#?}", self.lines());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "evhost did not start serving:\n{:#?}",
-                self.lines()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
     }
 }
 
@@ -389,95 +385,50 @@ async fn the_polyglot_shop_builds_and_runs_from_the_cli() {
     // Built (and compiled into the cache) up front, so that `--build` below only checks.
     polyglot_built();
     guests_dir();
-    let data = tempfile::tempdir().expect("a temporary directory");
+    let polyglot_shop = workspace().join("examples/shop/evhost.polyglot.toml");
+    let polyglot_shop = polyglot_shop.to_str().expect("a UTF-8 path");
+    let mut process = HostProcess::new(&workspace(), &[polyglot_shop, "--build"])
+        .with_start_timeout(Duration::from_secs(300));
     // The compiled components of this test run, so that the host does not compile the large
     // Python and JavaScript components again (that is measured by the benchmark).
     #[cfg(unix)]
-    std::os::unix::fs::symlink(shared_cache_dir(), data.path().join("compiled"))
+    std::os::unix::fs::symlink(shared_cache_dir(), process.data_dir().join("compiled"))
         .expect("link the compiled-component cache");
-    let mut child = Command::new(evhost_binary())
-        .args(["--log-format", "json", "up"])
-        .arg(workspace().join("examples/shop/evhost.polyglot.toml"))
-        .args(["--build", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data.path())
-        .env("EVHOST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("evhost starts");
-    let stderr = child.stderr.take().expect("a stderr pipe");
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let collected = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            // The build tools' own output is plain text; keep it readable in a failure.
-            let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-            collected.lock().expect("the log lines").push(value);
-        }
-    });
-    let mut process = HostProcess { child, lines };
-    let addr = tokio::task::block_in_place(|| process.wait_serving(Duration::from_secs(300)));
-    let base = format!("http://{addr}");
-    let client = reqwest::Client::new();
-    let post = |e: Value| {
-        client
-            .post(format!("{base}/events"))
-            .header("content-type", "application/cloudevents+json")
-            .body(e.to_string())
-            .send()
-    };
+    process.start().await;
     assert_eq!(
-        post(stock_added("stock-1", "sku-1", 5))
+        process
+            .post_structured(&stock_added("stock-1", "sku-1", 5))
             .await
-            .expect("answers")
             .status(),
         202
     );
     assert_eq!(
-        post(place_order("o-1", "sku-1", 1, 25.0))
+        process
+            .post_structured(&place_order("o-1", "sku-1", 1, 25.0))
             .await
-            .expect("answers")
             .status(),
         202
     );
 
-    let state = |handler: &'static str, key: String| {
-        let url = format!("{base}/admin/state/{handler}/{key}");
-        let client = client.clone();
-        async move {
-            let response = client.get(url).send().await.expect("answers");
-            if response.status() == 200 {
-                response.json::<Value>().await.ok()
-            } else {
-                None
-            }
-        }
-    };
-    let placed = "count/com.example.shop.order.placed.v1".to_owned();
-    let shipped = "count/com.example.shop.shipment.created.v1".to_owned();
-    let deadline = Instant::now() + WAIT;
+    let placed = "count/com.example.shop.order.placed.v1";
+    let shipped = "count/com.example.shop.shipment.created.v1";
     for handler in ["notification", "notification-js"] {
-        loop {
-            let counts = (
-                state(handler, placed.clone()).await,
-                state(handler, shipped.clone()).await,
-            );
-            if counts == (Some(json!(1)), Some(json!(1))) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{handler} did not count the order: {counts:?}\n{:#?}",
-                process.lines()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{handler} counts the order placed and shipped");
+        process
+            .eventually(&what, WAIT, || async {
+                let counts = (
+                    process.state(handler, placed).await,
+                    process.state(handler, shipped).await,
+                );
+                counts == (Some(json!(1)), Some(json!(1)))
+            })
+            .await;
     }
 
     // Each language's log line reached the host's log, with the handler's name and the event.
+    let lines = process.log_lines();
     let logged = |handler: &str, message: &str| {
-        process.lines().iter().any(|l| {
+        lines.iter().any(|l| {
             l["target"] == "evhost::handler"
                 && l["fields"]["handler"] == handler
                 && l["fields"]["message"]
@@ -493,8 +444,7 @@ async fn the_polyglot_shop_builds_and_runs_from_the_cli() {
         ] {
             assert!(
                 logged(handler, message),
-                "{handler} logged `{message}`:\n{:#?}",
-                process.lines()
+                "{handler} logged `{message}`:\n{lines:#?}"
             );
         }
     }
