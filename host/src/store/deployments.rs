@@ -181,33 +181,30 @@ impl Store {
     /// may share one large module; fetch it once with [`Store::module`]).
     pub async fn handler_records(&self) -> StoreResult<Vec<HandlerRecord>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT h.handler, h.owner, h.manifest_module, h.manifest_settings, \
-                 v.version, v.module_sha256, v.settings, v.origin, v.deployed_at \
+                 v.version IS NOT NULL, {VERSION_COLUMNS} \
                  FROM handlers h LEFT JOIN handler_versions v \
                    ON v.handler = h.handler AND v.version = h.active_version \
-                 ORDER BY h.handler",
-            )?;
+                 ORDER BY h.handler"
+            ))?;
             let rows = stmt.query_map([], |row| {
+                let active = match row.get::<_, bool>(4)? {
+                    true => Some(raw_deployment_at(row, 5)?),
+                    false => None,
+                };
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, Option<String>>(2)?,
                     row.get::<_, Option<String>>(3)?,
-                    row.get::<_, Option<u32>>(4)?,
+                    active,
                 ))
             })?;
             let mut records = Vec::new();
             for row in rows {
-                let (name, owner, module, settings, version) = row?;
+                let (name, owner, module, settings, active) = row?;
                 let name = stored_name(name)?;
-                let active = match version {
-                    Some(version) => Some(
-                        deployment(conn, &name, version)?
-                            .ok_or_else(|| anyhow!("version {version} of `{name}` is missing"))?,
-                    ),
-                    None => None,
-                };
                 let manifest = match (module, settings) {
                     (Some(module_sha256), Some(settings)) => Some(ManifestEntry {
                         module_sha256,
@@ -217,8 +214,8 @@ impl Store {
                 };
                 records.push(HandlerRecord {
                     owner: Origin::from_stored(&owner)?,
+                    active: active.map(RawDeployment::typed).transpose()?,
                     name,
-                    active,
                     manifest,
                 });
             }
@@ -409,6 +406,9 @@ fn store_module(tx: &Connection, sha256: &str, bytes: &[u8], now: i64) -> Result
 }
 
 const DEPLOYMENT_COLUMNS: &str = "handler, version, module_sha256, settings, origin, deployed_at";
+/// [`DEPLOYMENT_COLUMNS`] of the `handler_versions` table joined as `v`.
+const VERSION_COLUMNS: &str =
+    "v.handler, v.version, v.module_sha256, v.settings, v.origin, v.deployed_at";
 
 /// A row of [`DEPLOYMENT_COLUMNS`], before its text is read into types.
 struct RawDeployment {
@@ -421,13 +421,18 @@ struct RawDeployment {
 }
 
 fn raw_deployment(row: &Row<'_>) -> rusqlite::Result<RawDeployment> {
+    raw_deployment_at(row, 0)
+}
+
+/// The [`DEPLOYMENT_COLUMNS`] of a row, from column `offset` on.
+fn raw_deployment_at(row: &Row<'_>, offset: usize) -> rusqlite::Result<RawDeployment> {
     Ok(RawDeployment {
-        handler: row.get(0)?,
-        version: row.get(1)?,
-        module_sha256: row.get(2)?,
-        settings: row.get(3)?,
-        origin: row.get(4)?,
-        deployed_at_ms: row.get(5)?,
+        handler: row.get(offset)?,
+        version: row.get(offset + 1)?,
+        module_sha256: row.get(offset + 2)?,
+        settings: row.get(offset + 3)?,
+        origin: row.get(offset + 4)?,
+        deployed_at_ms: row.get(offset + 5)?,
     })
 }
 
