@@ -201,6 +201,72 @@ async fn a_full_queue_answers_429_and_stores_nothing_of_the_request() {
     host.wait_idle(WAIT).await;
 }
 
+/// Concurrent requests race for the last places in a queue: the check and the count are one
+/// step, so together they never pass `max_pending`; refused, duplicate and accepted requests
+/// all leave the count exact, back at zero once everything ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_overshoot_the_queue_and_the_count_stays_exact() {
+    const LIMIT: u64 = 20;
+    let host = TestHost::start(recorder_app(&format!(
+        "concurrency = 1\nmax_pending = {LIMIT}"
+    )))
+    .await;
+    let slow = json!({"sleep_ms": 20});
+    let posts = (0..16).map(|client| {
+        let host = host.client().clone();
+        let slow = slow.clone();
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for i in 0..10 {
+                // Every third request repeats an event already sent: a duplicate takes no
+                // room, even when the queue is full.
+                let n = if i % 3 == 2 { i - 1 } else { i };
+                let id = format!("c{client}-{n}");
+                let response = host
+                    .post_structured(&event(&id, "test.ok.v1", slow.clone()))
+                    .await;
+                match response.status().as_u16() {
+                    202 => accepted.push(id),
+                    429 => {}
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            accepted
+        })
+    });
+    let posts: Vec<_> = posts.collect();
+    let mut highest = 0;
+    while !posts.iter().all(|p| p.is_finished()) {
+        let recorder = host.handler_info("recorder").await;
+        highest = highest.max(recorder.pending);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut accepted = std::collections::BTreeSet::new();
+    for post in posts {
+        accepted.extend(post.await.expect("no panic"));
+    }
+    assert!(
+        highest <= LIMIT,
+        "the queue held {highest}, over its limit of {LIMIT}"
+    );
+    assert!(
+        accepted.len() as u64 >= LIMIT,
+        "only {} accepted",
+        accepted.len()
+    );
+    host.wait_idle(Duration::from_secs(60)).await;
+    assert_eq!(
+        host.handler_info("recorder").await.pending,
+        0,
+        "the count drifted"
+    );
+    assert_eq!(
+        host.state("recorder", "count").await,
+        Some(json!(accepted.len())),
+        "every accepted event ran once"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_paces_invocations() {
     let host = TestHost::start(recorder_app("rate = \"20/s\"\nconcurrency = 8")).await;
