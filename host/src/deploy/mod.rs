@@ -121,10 +121,6 @@ impl Deployer {
         }
     }
 
-    pub fn app(&self) -> &AppName {
-        &self.app
-    }
-
     /// At start: apply the manifest (or, without one, what is stored), which makes every
     /// stored handler live, and dead-letter what is pending for handlers that are gone.
     pub async fn start(&self, manifest: Option<&Manifest>) -> anyhow::Result<()> {

@@ -98,12 +98,6 @@ pub struct Linked {
     pre: HandlerPre<HostState>,
 }
 
-impl Linked {
-    pub fn artifact(&self) -> &Artifact {
-        &self.artifact
-    }
-}
-
 /// Bytes in a Wasm page.
 const WASM_PAGE_BYTES: u64 = 64 * 1024;
 
@@ -149,11 +143,6 @@ impl DeployedHandler {
     /// The compiled module it runs.
     pub fn artifact(&self) -> &Artifact {
         &self.linked.artifact
-    }
-
-    /// The linked module, which a new version with the same module and memory limit reuses.
-    pub fn linked(&self) -> &Linked {
-        &self.linked
     }
 
     /// The `source` of the events it emits.
