@@ -6,16 +6,24 @@
 use std::path::Path;
 use std::time::Duration;
 
-use evhost::client::{Client, DeadLettersQuery};
+use evhost::client::DeadLettersQuery;
 use evhost::config::Manifest;
 use evhost::store::Origin;
 use evhost_tests::{TestHost, event, guest, guests_dir, manifest};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn client(host: &TestHost) -> Client {
-    Client::new(&host.base, None)
+/// Post one event `id` of `ty` (202), and wait until `handler`'s state `key` is `expected`.
+async fn deliver(host: &TestHost, id: &str, ty: &str, handler: &str, key: &str, expected: Value) {
+    let posted = host.post_structured(&event(id, ty, json!({}))).await;
+    assert_eq!(posted.status(), 202, "POST {id}");
+    host.eventually(
+        &format!("{handler}: `{key}` is {expected}"),
+        WAIT,
+        || async { host.state(handler, key).await.as_ref() == Some(&expected) },
+    )
+    .await;
 }
 
 /// A manifest of app `app` with one recorder handler per `(name, type, extra settings)`.
@@ -35,7 +43,7 @@ fn module(name: &str) -> Vec<u8> {
 }
 
 async fn handler_names(host: &TestHost) -> Vec<String> {
-    let handlers = client(host).handlers().await.expect("the handler list");
+    let handlers = host.api.handlers().await.expect("the handler list");
     handlers.iter().map(|h| h.name.to_string()).collect()
 }
 
@@ -51,7 +59,7 @@ async fn a_handler_dropped_from_the_manifest_is_removed_at_the_next_start() {
         ],
     );
     let host = TestHost::start(manifest(&both)).await;
-    let api = client(&host);
+    let api = &host.api;
     let deployed = api
         .deploy(
             "extra",
@@ -92,7 +100,7 @@ async fn a_handler_dropped_from_the_manifest_is_removed_at_the_next_start() {
     let host = TestHost::start_on(manifest(&kept_only), data)
         .await
         .expect("restarts");
-    let api = client(&host);
+    let api = &host.api;
     assert_eq!(handler_names(&host).await, ["extra", "kept"]);
     let gone = api.handler("slow").await.expect_err("slow is removed");
     assert_eq!(gone.status().map(|s| s.as_u16()), Some(404), "{gone}");
@@ -130,7 +138,7 @@ async fn an_api_change_to_a_manifest_handler_stands_until_the_manifest_changes()
         &[("worker", "test.work.v1", "config = { label = \"v1\" }")],
     );
     let host = TestHost::start(manifest(&v1)).await;
-    let api = client(&host);
+    let api = &host.api;
     api.remove("worker").await.expect("removed through the API");
     let (_, data) = host.stop().await;
 
@@ -150,23 +158,19 @@ async fn an_api_change_to_a_manifest_handler_stands_until_the_manifest_changes()
     let host = TestHost::start_on(manifest(&v2), data)
         .await
         .expect("restarts");
-    let worker = client(&host)
-        .handler("worker")
-        .await
-        .expect("worker is back");
+    let worker = host.api.handler("worker").await.expect("worker is back");
     assert_eq!(
         (worker.version, worker.version_origin),
         (2, Origin::Manifest)
     );
-    assert_eq!(
-        host.post_structured(&event("w-1", "test.work.v1", json!({})))
-            .await
-            .status(),
-        202
-    );
-    host.eventually("v2 handles w-1", WAIT, || async {
-        host.state("worker", "handled/w-1").await == Some(json!("v2"))
-    })
+    deliver(
+        &host,
+        "w-1",
+        "test.work.v1",
+        "worker",
+        "handled/w-1",
+        json!("v2"),
+    )
     .await;
 }
 
@@ -221,18 +225,9 @@ async fn watch_applies_the_edited_manifest_removing_and_adding_handlers() {
         handler_names(&host).await == ["first", "third"]
     })
     .await;
-    assert_eq!(
-        host.post_structured(&event("t-1", "test.third.v1", json!({})))
-            .await
-            .status(),
-        202
-    );
-    host.eventually("third handles t-1", WAIT, || async {
-        host.state("third", "count").await == Some(json!(1))
-    })
-    .await;
+    deliver(&host, "t-1", "test.third.v1", "third", "count", json!(1)).await;
     // `first` was not touched: still its first version.
-    let first = client(&host).handler("first").await.expect("first");
+    let first = host.api.handler("first").await.expect("first");
     assert_eq!(first.version, 1);
 
     // A manifest that no longer reads changes nothing.
@@ -276,7 +271,8 @@ async fn a_data_directory_refuses_another_app() {
 async fn the_manifest_adopts_an_api_handler_it_lists_as_it_runs() {
     guests_dir();
     let host = TestHost::start(manifest(&recorders("adopts", &[]))).await;
-    let deployed = client(&host)
+    let deployed = host
+        .api
         .deploy(
             "extra",
             module("recorder"),
@@ -293,18 +289,9 @@ async fn the_manifest_adopts_an_api_handler_it_lists_as_it_runs() {
     let host = TestHost::start_on(manifest(&listed), data)
         .await
         .expect("restarts");
-    let extra = client(&host).handler("extra").await.expect("extra runs");
+    let extra = host.api.handler("extra").await.expect("extra runs");
     assert_eq!((extra.version, extra.origin), (1, Origin::Manifest));
-    assert_eq!(
-        host.post_structured(&event("x-1", "test.extra.v1", json!({})))
-            .await
-            .status(),
-        202
-    );
-    host.eventually("extra handles x-1", WAIT, || async {
-        host.state("extra", "count").await == Some(json!(1))
-    })
-    .await;
+    deliver(&host, "x-1", "test.extra.v1", "extra", "count", json!(1)).await;
     let (_, data) = host.stop().await;
     let host = TestHost::start_on(manifest(&recorders("adopts", &[])), data)
         .await
