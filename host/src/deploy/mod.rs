@@ -198,176 +198,127 @@ impl Deployer {
     /// Carry out `plan` (module docs): diff, build, persist, swap.
     pub async fn apply(&self, plan: Plan) -> Result<Vec<Change>, DeployError> {
         let _one_at_a_time = self.changes.lock().await;
-        let mut stored = Stored {
-            records: self
-                .store
-                .handler_records()
-                .await?
-                .into_iter()
-                .map(|record| (record.name.clone(), record))
-                .collect(),
-            versions: BTreeMap::new(),
-        };
-        if let Plan::Rollback { name } = &plan {
-            stored
-                .versions
-                .insert(name.clone(), self.store.versions(name).await?);
-        }
+        let stored = self.stored(&plan).await?;
         let early_problems = plan.problems().to_vec();
         let steps = plan::diff(&stored, plan)?;
         let live = self.live.current();
-
-        // Build: every step's new version, and every stored live version not running yet.
-        let mut items = Vec::new();
-        let mut touched = BTreeSet::new();
-        for step in &steps {
-            match step {
-                Step::Deploy {
-                    name,
-                    module,
-                    settings,
-                    ..
-                } => items.push(build::Item {
-                    name: name.clone(),
-                    sha256: module.sha256.clone(),
-                    settings: settings.clone(),
-                    bytes: Some(module.bytes.clone()),
-                    from: module.from.clone(),
-                }),
-                Step::Activate { target } => items.push(stored_item(target)),
-                // What these leave live is what is stored: built below if it is not running.
-                Step::Adopt { .. } | Step::Unchanged { .. } => continue,
-                Step::Remove { .. } => {}
-            }
-            touched.insert(step_name(step).clone());
-        }
-        for record in stored.records.values() {
-            if let Some(active) = &record.active
-                && !touched.contains(&record.name)
-                && live
-                    .handler(record.name.as_str())
-                    .is_none_or(|h| h.deployed.version() != active.version)
-            {
-                items.push(stored_item(active));
-            }
-        }
-        let built = build::build(&self.runtime, &self.store, &live, items).await;
-        let mut problems = early_problems;
-        let mut linked = match built {
-            Ok(linked) => linked,
-            Err(build_problems) => {
-                problems.extend(build_problems);
-                BTreeMap::new()
+        let items = build_items(&stored, &steps, &live);
+        let linked = match build::build(&self.runtime, &self.store, &live, items).await {
+            Ok(linked) if early_problems.is_empty() => linked,
+            Ok(_) => return Err(DeployError::Invalid(early_problems)),
+            Err(problems) => {
+                return Err(DeployError::Invalid([early_problems, problems].concat()));
             }
         };
-        if !problems.is_empty() {
-            return Err(DeployError::Invalid(problems));
-        }
+        let (changes, next) = self.persist(&stored, steps).await?;
+        let handlers = self.next_handlers(&live, next, linked).await?;
+        self.swap(LiveSet::new(handlers));
+        Ok(changes)
+    }
 
-        // Persist.
-        let store_changes: Vec<DeploymentChange> = steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::Deploy {
-                    name,
-                    module,
-                    settings,
-                    origin,
-                    ..
-                } => Some(DeploymentChange::Deploy {
-                    handler: name.clone(),
-                    module_sha256: module.sha256.clone(),
-                    module: Some(module.bytes.clone()),
-                    settings: settings.clone(),
-                    origin: *origin,
-                }),
-                Step::Adopt { name, entry } => Some(DeploymentChange::Adopt {
-                    handler: name.clone(),
-                    entry: entry.clone(),
-                }),
-                Step::Activate { target } => Some(DeploymentChange::Activate {
-                    handler: target.handler.clone(),
-                    version: target.version,
-                }),
-                Step::Remove { name, by, .. } => Some(DeploymentChange::Remove {
-                    handler: name.clone(),
-                    reason: REMOVED_REASON.to_owned(),
-                    by: *by,
-                }),
-                Step::Unchanged { .. } => None,
-            })
-            .collect();
+    /// What the diff needs to know of the store for `plan`.
+    async fn stored(&self, plan: &Plan) -> Result<Stored, StoreError> {
+        let records = self.store.handler_records().await?;
+        let mut versions = BTreeMap::new();
+        if let Plan::Rollback { name } = plan {
+            versions.insert(name.clone(), self.store.versions(name).await?);
+        }
+        Ok(Stored {
+            records: records
+                .into_iter()
+                .map(|record| (record.name.clone(), record))
+                .collect(),
+            versions,
+        })
+    }
+
+    /// Store the steps in one transaction; what changed, and the version of each handler that
+    /// is live once they are applied.
+    async fn persist(
+        &self,
+        stored: &Stored,
+        steps: Vec<Step>,
+    ) -> Result<(Vec<Change>, BTreeMap<HandlerName, Deployment>), DeployError> {
+        let store_changes: Vec<DeploymentChange> =
+            steps.iter().filter_map(Step::store_change).collect();
         let mut applied = match store_changes.is_empty() {
             true => Vec::new(),
             false => self.store.apply_deployments(store_changes).await?,
         }
         .into_iter();
-
-        // What runs next: the stored live versions, built or kept.
-        let mut handlers: BTreeMap<HandlerName, LiveHandler> = BTreeMap::new();
-        let mut changes = Vec::new();
-        let mut next_version: BTreeMap<HandlerName, Deployment> = stored
+        let mut live_next: BTreeMap<HandlerName, Deployment> = stored
             .records
             .values()
             .filter_map(|r| Some((r.name.clone(), r.active.clone()?)))
             .collect();
+        let mut changes = Vec::new();
         for step in steps {
-            match step {
-                Step::Unchanged { deployment } => changes.push(Change::Unchanged(deployment)),
-                Step::Deploy { created, .. } => {
-                    if let Some(Applied::Deployed(deployment)) = applied.next() {
-                        next_version.insert(deployment.handler.clone(), deployment.clone());
-                        changes.push(Change::Deployed {
-                            deployment,
-                            created,
-                        });
+            if let Step::Unchanged { deployment } = step {
+                changes.push(Change::Unchanged(deployment));
+                continue;
+            }
+            // One applied change per stored step, in order (`Store::apply_deployments`).
+            let change = match (step, applied.next()) {
+                (Step::Deploy { created, .. }, Some(Applied::Deployed(deployment))) => {
+                    live_next.insert(deployment.handler.clone(), deployment.clone());
+                    Change::Deployed {
+                        deployment,
+                        created,
                     }
                 }
-                Step::Adopt { .. } => {
-                    if let Some(Applied::Adopted(handler)) = applied.next() {
-                        changes.push(Change::Adopted(handler));
-                    }
+                (Step::Activate { .. }, Some(Applied::Activated(deployment))) => {
+                    live_next.insert(deployment.handler.clone(), deployment.clone());
+                    Change::RolledBack(deployment)
                 }
-                Step::Activate { .. } => {
-                    if let Some(Applied::Activated(deployment)) = applied.next() {
-                        next_version.insert(deployment.handler.clone(), deployment.clone());
-                        changes.push(Change::RolledBack(deployment));
-                    }
-                }
-                Step::Remove { was_live, .. } => {
-                    if let Some(Applied::Removed {
+                (Step::Adopt { .. }, Some(Applied::Adopted(handler))) => Change::Adopted(handler),
+                (
+                    Step::Remove { was_live, .. },
+                    Some(Applied::Removed {
                         handler,
                         dead_lettered,
-                    }) = applied.next()
-                    {
-                        next_version.remove(&handler);
-                        if was_live {
-                            changes.push(Change::Removed {
-                                handler,
-                                dead_lettered,
-                            });
-                        }
+                    }),
+                ) => {
+                    live_next.remove(&handler);
+                    if !was_live {
+                        continue; // nothing ran: only the manifest's word went
+                    }
+                    Change::Removed {
+                        handler,
+                        dead_lettered,
                     }
                 }
-            }
+                (step, applied) => {
+                    let why = format!("the store answered {applied:?} to {step:?}");
+                    return Err(StoreError::broken(why).into());
+                }
+            };
+            changes.push(change);
         }
-        let pending = match next_version
-            .keys()
-            .any(|name| live.handler(name.as_str()).is_none())
-        {
+        Ok((changes, live_next))
+    }
+
+    /// The live handlers once `next` is live: a handler whose version was built gets it,
+    /// one that runs its version already keeps it; each keeps its slot, a new one gets one.
+    async fn next_handlers(
+        &self,
+        live: &LiveSet,
+        next: BTreeMap<HandlerName, Deployment>,
+        mut linked: BTreeMap<HandlerName, crate::runtime::Linked>,
+    ) -> Result<BTreeMap<HandlerName, LiveHandler>, StoreError> {
+        let is_new = |name: &HandlerName| live.handler(name.as_str()).is_none();
+        let pending: BTreeMap<HandlerName, u64> = match next.keys().any(is_new) {
             true => self.store.pending_counts().await?.into_iter().collect(),
             false => BTreeMap::new(),
         };
-        for (name, deployment) in next_version {
+        let mut handlers = BTreeMap::new();
+        for (name, deployment) in next {
             let running = live.handler(name.as_str());
-            let deployed = match (running, linked.remove(&name)) {
-                (_, Some(linked)) => Arc::new(DeployedHandler::new(deployment, linked, &self.app)),
-                (Some(running), None) => running.deployed.clone(),
+            let deployed = match (linked.remove(&name), running) {
+                (Some(linked), _) => Arc::new(DeployedHandler::new(deployment, linked, &self.app)),
+                (None, Some(running)) => running.deployed.clone(),
                 (None, None) => {
-                    return Err(StoreError::broken(format!(
-                        "handler `{name}` was neither built nor running"
-                    ))
-                    .into());
+                    let why = format!("handler `{name}` was neither built nor running");
+                    return Err(StoreError::broken(why));
                 }
             };
             let slot = match running {
@@ -380,9 +331,13 @@ impl Deployer {
             };
             handlers.insert(name, LiveHandler { deployed, slot });
         }
+        Ok(handlers)
+    }
 
-        // Swap, then let the workers follow.
-        let before = self.live.replace(LiveSet::new(handlers));
+    /// Make `next` what runs, then let the workers follow: new handlers get one, a new
+    /// version resizes its handler's permits, a removed handler's worker stops.
+    fn swap(&self, next: LiveSet) {
+        let before = self.live.replace(next);
         let after = self.live.current();
         for (name, handler) in after.handlers() {
             match before.handler(name.as_str()) {
@@ -400,8 +355,46 @@ impl Deployer {
                 old.slot.retire();
             }
         }
-        Ok(changes)
     }
+}
+
+/// What to build for `steps`: each new version, each version rolled back to, and every
+/// stored live version that is not running (all of them at start).
+fn build_items(stored: &Stored, steps: &[Step], live: &LiveSet) -> Vec<build::Item> {
+    let mut items = Vec::new();
+    let mut decided = BTreeSet::new();
+    for step in steps {
+        match step {
+            Step::Deploy {
+                name,
+                module,
+                settings,
+                ..
+            } => items.push(build::Item {
+                name: name.clone(),
+                sha256: module.sha256.clone(),
+                settings: settings.clone(),
+                bytes: Some(module.bytes.clone()),
+                from: module.from.clone(),
+            }),
+            Step::Activate { target } => items.push(stored_item(target)),
+            // What these leave live is what is stored: built below if it is not running.
+            Step::Adopt { .. } | Step::Unchanged { .. } => continue,
+            Step::Remove { .. } => {}
+        }
+        decided.insert(step.name().clone());
+    }
+    for record in stored.records.values() {
+        if let Some(active) = &record.active
+            && !decided.contains(&record.name)
+            && live
+                .handler(record.name.as_str())
+                .is_none_or(|h| h.deployed.version() != active.version)
+        {
+            items.push(stored_item(active));
+        }
+    }
+    items
 }
 
 /// A stored version to build, its module read from the store.
@@ -412,14 +405,6 @@ fn stored_item(deployment: &Deployment) -> build::Item {
         settings: deployment.settings.clone(),
         bytes: None,
         from: format!("of version {}", deployment.version),
-    }
-}
-
-fn step_name(step: &Step) -> &HandlerName {
-    match step {
-        Step::Deploy { name, .. } | Step::Adopt { name, .. } | Step::Remove { name, .. } => name,
-        Step::Activate { target } => &target.handler,
-        Step::Unchanged { deployment } => &deployment.handler,
     }
 }
 

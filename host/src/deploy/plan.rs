@@ -19,15 +19,26 @@ use super::DeployError;
 use crate::config::{HandlerSettings, Manifest};
 use crate::name::HandlerName;
 use crate::runtime::module_sha256;
-use crate::store::{Deployment, HandlerRecord, ManifestEntry, Origin};
+use crate::store::{Deployment, DeploymentChange, HandlerRecord, ManifestEntry, Origin};
 
 /// A module's bytes, its digest, and where they came from (for messages).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Module {
     pub sha256: String,
     pub bytes: Arc<[u8]>,
     /// E.g. the manifest's path for the file, `the uploaded module`.
     pub from: String,
+}
+
+/// Without the bytes: a module is megabytes, and its digest names it.
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("sha256", &self.sha256)
+            .field("bytes", &self.bytes.len())
+            .field("from", &self.from)
+            .finish()
+    }
 }
 
 impl Module {
@@ -150,6 +161,52 @@ pub enum Step {
     },
     /// Asked for, and already so.
     Unchanged { deployment: Deployment },
+}
+
+impl Step {
+    /// The handler it is about.
+    pub fn name(&self) -> &HandlerName {
+        match self {
+            Step::Deploy { name, .. } | Step::Adopt { name, .. } | Step::Remove { name, .. } => {
+                name
+            }
+            Step::Activate { target } => &target.handler,
+            Step::Unchanged { deployment } => &deployment.handler,
+        }
+    }
+
+    /// The change to the stored records it makes; `None` for a step that changes nothing.
+    pub fn store_change(&self) -> Option<DeploymentChange> {
+        Some(match self {
+            Step::Deploy {
+                name,
+                module,
+                settings,
+                origin,
+                ..
+            } => DeploymentChange::Deploy {
+                handler: name.clone(),
+                module_sha256: module.sha256.clone(),
+                module: Some(module.bytes.clone()),
+                settings: settings.clone(),
+                origin: *origin,
+            },
+            Step::Adopt { name, entry } => DeploymentChange::Adopt {
+                handler: name.clone(),
+                entry: entry.clone(),
+            },
+            Step::Activate { target } => DeploymentChange::Activate {
+                handler: target.handler.clone(),
+                version: target.version,
+            },
+            Step::Remove { name, by, .. } => DeploymentChange::Remove {
+                handler: name.clone(),
+                reason: super::REMOVED_REASON.to_owned(),
+                by: *by,
+            },
+            Step::Unchanged { .. } => return None,
+        })
+    }
 }
 
 /// The steps that take `stored` to what `plan` wants, or why the plan cannot be carried out.
