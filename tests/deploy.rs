@@ -392,11 +392,15 @@ async fn compile_cache(host: &TestHost, result: &str) -> u64 {
 async fn the_admin_api_requires_the_token_when_one_is_set() {
     let data = tempfile::tempdir().expect("a temporary directory");
     let host = TestHost::start_configured(labelled_app("v1"), data, |o| {
-        o.admin_token = Some("s3cret".into())
+        o.admin_token = Some("s3cret-admin-token".into())
     })
     .await
     .expect("starts");
-    for (token, status) in [(None, 401), (Some("wrong"), 401), (Some("s3cret"), 200)] {
+    for (token, status) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some("s3cret-admin-token"), 200),
+    ] {
         for path in ["/admin/handlers", "/admin/events", "/admin/deadletters"] {
             let mut request = host.http.get(host.url(path));
             if let Some(token) = token {

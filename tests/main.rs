@@ -11,11 +11,13 @@
 //! nothing else and run side by side. `cargo test -p evhost-tests --test main shop::` runs one
 //! theme.
 
+mod access;
 mod cli;
 mod concurrency;
 mod crash;
 mod delivery;
 mod deploy;
+mod faults;
 mod ingress;
 mod isolation;
 mod operate;

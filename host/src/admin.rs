@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
+use crate::access::{AdminToken, Guard};
 use crate::api::{
     AttemptView, DeadLetterPage, DeadLetterView, DeliveryView, DeployAnswer, EventsPage,
     HandlerList, HandlerView, LoggedEventView, RedriveAnswer, RemoveAnswer, RollbackAnswer,
@@ -51,8 +51,13 @@ pub struct AdminState {
     pub deployer: Arc<Deployer>,
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<Runtime>,
-    /// When set, `/admin/*` requires `Authorization: Bearer <token>`.
-    pub token: Option<String>,
+    /// When set, `/admin/*` (and `/metrics`, unless `metrics_open`) requires
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<AdminToken>,
+    /// The `Host` and `Origin` checks every admin request passes first.
+    pub guard: Guard,
+    /// Serve `/metrics` without the token (for a scraper that cannot send one).
+    pub metrics_open: bool,
 }
 
 /// `/admin/*` (behind the token) and `/metrics`.
@@ -77,7 +82,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             state.clone(),
             require_token,
         ));
-    admin.route("/metrics", get(metrics)).with_state(state)
+    let metrics = Router::new().route("/metrics", get(metrics)).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), require_token_for_metrics),
+    );
+    admin.merge(metrics).with_state(state)
 }
 
 /// Why an admin request failed; each kind answers with one status, in one place.
@@ -599,33 +607,51 @@ async fn remove(
     }
 }
 
-/// Every `/admin/*` request needs `Authorization: Bearer <token>` when a token is set. The
-/// comparison takes the same time whatever the guess, so it leaks nothing about the token.
+/// Every `/admin/*` request passes the [`Guard`], and needs `Authorization: Bearer <token>`
+/// when a token is set ([`crate::access`] says why each check).
 async fn require_token(
     State(app): State<Arc<AdminState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let Some(expected) = &app.token else {
-        return next.run(request).await;
-    };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let matches: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
-    if matches {
-        next.run(request).await
-    } else {
-        Problem::new(StatusCode::UNAUTHORIZED)
-            .with_detail("the admin API needs `Authorization: Bearer <token>`")
-            .with_header(
-                header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            )
-            .into_response()
+    match admit(&app, &request, true) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => (*refused).into_response(),
+    }
+}
+
+/// `/metrics` passes the same checks as `/admin/*`, the token unless `metrics_open`.
+async fn require_token_for_metrics(
+    State(app): State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match admit(&app, &request, !app.metrics_open) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => (*refused).into_response(),
+    }
+}
+
+fn admit(
+    app: &AdminState,
+    request: &axum::extract::Request,
+    needs_token: bool,
+) -> Result<(), Box<Problem>> {
+    app.guard.check(request.headers())?;
+    match &app.token {
+        Some(token)
+            if needs_token && !token.admits(request.headers().get(header::AUTHORIZATION)) =>
+        {
+            Err(Box::new(
+                Problem::new(StatusCode::UNAUTHORIZED)
+                    .with_detail("the admin API needs `Authorization: Bearer <token>`")
+                    .with_header(
+                        header::WWW_AUTHENTICATE,
+                        axum::http::HeaderValue::from_static("Bearer"),
+                    ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

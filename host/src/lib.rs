@@ -38,6 +38,7 @@
 //! The binary (`main.rs`) parses the command line and calls [`run`] or the [`client`]; tests
 //! call the same [`run`] on `127.0.0.1:0`.
 
+pub mod access;
 pub mod admin;
 pub mod api;
 pub mod capabilities;
@@ -98,8 +99,14 @@ pub struct Options {
     /// How long in-flight invocations may run on after a shutdown signal.
     pub shutdown_grace: Duration,
     /// When set, `/admin/*` requires `Authorization: Bearer <token>`. Without it the host
-    /// refuses to listen on anything but a loopback address.
+    /// refuses to listen on anything but a loopback address. At least
+    /// [`access::AdminToken::MIN_BYTES`] long, or the host refuses to start.
     pub admin_token: Option<String>,
+    /// Host names (beyond IP addresses and `localhost`) the admin API answers to
+    /// ([`access::Guard`]).
+    pub allowed_hosts: Vec<String>,
+    /// Serve `/metrics` without the admin token.
+    pub metrics_open: bool,
     /// Redeploy a manifest handler when its module file changes.
     pub watch: bool,
 }
@@ -114,19 +121,55 @@ impl Options {
             cache_dir: None,
             shutdown_grace: Duration::from_secs(10),
             admin_token: None,
+            allowed_hosts: Vec::new(),
+            metrics_open: false,
             watch: false,
         }
     }
 }
 
 /// The HTTP interface (DESIGN section 6): ingress, the admin API and `/metrics`, health.
+///
+/// `/healthz` is liveness: the process answers HTTP (restart it if not). `/readyz` is
+/// readiness: the host takes events now, which needs it not stopping and its store able to
+/// write (a full or failing disk makes it not ready until a write succeeds again); it is
+/// served only once every handler is loaded, since the host listens only after that.
 pub fn router(ingress: Arc<IngressState>, admin: Arc<AdminState>) -> Router {
+    let readiness = Router::new()
+        .route("/readyz", get(readyz))
+        .with_state(ingress.clone());
     Router::new()
         .merge(ingress::router(ingress))
         .merge(admin::router(admin))
+        .merge(readiness)
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
         .fallback(|| async { Problem::not_found("no such resource") })
+}
+
+/// How long `/readyz` waits for its probe write before answering not ready.
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /readyz`: 200 `ready`, or 503 naming why not.
+async fn readyz(
+    axum::extract::State(ingress): axum::extract::State<Arc<IngressState>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if ingress.stopping.load(Ordering::Relaxed) {
+        return Problem::service_unavailable(None, "the host is shutting down").into_response();
+    }
+    if let Some(failure) = ingress.store.write_failure() {
+        // The last write failed: try one now, so that readiness returns with the disk's space
+        // even when no traffic comes to find out.
+        let probe = tokio::time::timeout(READINESS_PROBE_TIMEOUT, ingress.store.probe_write());
+        if !matches!(probe.await, Ok(Ok(()))) {
+            return Problem::service_unavailable(
+                Some(Duration::from_secs(1)),
+                format!("the store cannot write: {failure}"),
+            )
+            .into_response();
+        }
+    }
+    "ready".into_response()
 }
 
 /// Open the store, make the manifest's handlers (and every other stored one) live, and serve
@@ -147,16 +190,18 @@ pub async fn run(
     let data_dir = std::path::absolute(&options.data_dir)
         .with_context(|| format!("bad data directory {:?}", options.data_dir))?;
     let addr = listener.local_addr()?;
-    if options.admin_token.is_none() && !addr.ip().is_loopback() {
-        bail!(
-            "refusing to serve the admin API on {addr} without a token: set --admin-token \
-             (or EVHOST_ADMIN_TOKEN), or listen on a loopback address"
-        );
-    }
+    let admin_token = match &options.admin_token {
+        Some(token) => Some(access::AdminToken::new(token)?),
+        None => None,
+    };
+    access::check_listen(addr, admin_token.as_ref())?;
+    // Held until `run` returns: a second host on this directory refuses to start.
+    let _data_dir_lock = store::DataDirLock::acquire(&data_dir)?;
     let cache_dir = match &options.cache_dir {
         Some(dir) => std::path::absolute(dir)?,
         None => data_dir.join("compiled"),
     };
+    store::create_private_dir(&cache_dir)?;
     let runtime = Arc::new(Runtime::new(&RuntimeOptions {
         cache_dir: Some(cache_dir),
     })?);
@@ -204,7 +249,9 @@ pub async fn run(
         deployer,
         metrics,
         runtime,
-        token: options.admin_token.clone(),
+        guard: access::Guard::new(&options.allowed_hosts, admin_token.is_some()),
+        token: admin_token,
+        metrics_open: options.metrics_open,
     });
     tracing::info!(%addr, store = ?store.path(), "evhost is serving");
 

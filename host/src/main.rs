@@ -56,6 +56,9 @@ enum Command {
         /// Where the store lives.
         #[arg(long, default_value = ".evhost", env = "EVHOST_DATA")]
         data: PathBuf,
+        /// Where compiled handlers are cached (default: `compiled` in the data directory).
+        #[arg(long, env = "EVHOST_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
         /// The largest request body accepted, in bytes (at least 65536).
         #[arg(long, default_value_t = evhost::ingress::DEFAULT_BODY_LIMIT)]
         body_limit: usize,
@@ -65,10 +68,17 @@ enum Command {
         /// Seconds in-flight invocations may run on after a shutdown signal.
         #[arg(long, default_value_t = 10)]
         grace_secs: u64,
-        /// Require `Authorization: Bearer TOKEN` on /admin/* (needed to listen beyond
-        /// loopback).
+        /// Require `Authorization: Bearer TOKEN` on /admin/* and /metrics (needed to listen
+        /// beyond loopback); at least 16 bytes.
         #[arg(long, env = "EVHOST_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// A host name the admin API answers to, beyond IP addresses and `localhost`
+        /// (repeat, or comma-separate in the variable).
+        #[arg(long = "allow-host", env = "EVHOST_ALLOW_HOSTS", value_delimiter = ',')]
+        allowed_hosts: Vec<String>,
+        /// Serve /metrics without the admin token.
+        #[arg(long)]
+        metrics_open: bool,
         /// Apply the manifest again whenever it or a module it names changes.
         #[arg(long)]
         watch: bool,
@@ -194,10 +204,13 @@ async fn command(command: Command) -> Result<()> {
             build,
             listen,
             data,
+            cache_dir,
             body_limit,
             no_fsync,
             grace_secs,
             admin_token,
+            allowed_hosts,
+            metrics_open,
             watch,
         } => {
             let mut options = evhost::Options::new(data);
@@ -207,8 +220,11 @@ async fn command(command: Command) -> Result<()> {
                 Durability::Full
             };
             options.body_limit = body_limit;
+            options.cache_dir = cache_dir;
             options.shutdown_grace = Duration::from_secs(grace_secs);
             options.admin_token = admin_token;
+            options.allowed_hosts = allowed_hosts;
+            options.metrics_open = metrics_open;
             options.watch = watch;
             up(&app, build, &listen, options).await
         }

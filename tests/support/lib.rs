@@ -673,6 +673,8 @@ pub fn evhost_command() -> tokio::process::Command {
         .env_remove("EVHOST_DATA")
         .env_remove("EVHOST_HOST")
         .env_remove("EVHOST_ADMIN_TOKEN")
+        .env_remove("EVHOST_CACHE_DIR")
+        .env_remove("EVHOST_ALLOW_HOSTS")
         .env("EVHOST_LOG", "info");
     command
 }
@@ -697,6 +699,8 @@ pub struct HostProcess {
     http: reqwest::Client,
     start_timeout: Duration,
     data: TempDir,
+    /// A data directory given by the test (on a small file system, say) instead of `data`.
+    data_elsewhere: Option<PathBuf>,
     logs: TempDir,
     starts: usize,
     child: Option<tokio::process::Child>,
@@ -712,6 +716,7 @@ impl HostProcess {
             http: reqwest::Client::new(),
             start_timeout: Duration::from_secs(30),
             data: tempfile::tempdir().expect("a temporary directory"),
+            data_elsewhere: None,
             logs: tempfile::tempdir().expect("a temporary directory"),
             starts: 0,
             child: None,
@@ -732,9 +737,15 @@ impl HostProcess {
         self
     }
 
+    /// Keep the store in `dir` (which the test owns) rather than in a temporary directory.
+    pub fn with_data_dir(mut self, dir: PathBuf) -> HostProcess {
+        self.data_elsewhere = Some(dir);
+        self
+    }
+
     /// The data directory, the same for every start.
     pub fn data_dir(&self) -> &Path {
-        self.data.path()
+        self.data_elsewhere.as_deref().unwrap_or(self.data.path())
     }
 
     /// Start the process on the data directory and wait until it is ready; fail the test
@@ -750,7 +761,7 @@ impl HostProcess {
             .args(["--log-format", "json", "up"])
             .args(&self.args)
             .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(self.data.path())
+            .arg(self.data_dir())
             .stdout(log.try_clone().expect("a log file handle"))
             .stderr(log);
         self.child = Some(command.spawn().expect("evhost up starts"));

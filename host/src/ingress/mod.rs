@@ -135,26 +135,18 @@ async fn ingest(
     });
     let appended = match accounted.await {
         Ok(Ok(appended)) => appended,
-        // A failed append stored nothing; its admission gave its room back.
-        Ok(Err(err)) => {
-            return match err.kind() {
-                StoreErrorKind::Full | StoreErrorKind::Busy => {
-                    tracing::warn!(error = %err, "the store cannot take events now");
-                    Problem::service_unavailable(
-                        Some(STORE_UNAVAILABLE_WAIT),
-                        "the store cannot take events now",
-                    )
-                    .into_response()
-                }
-                StoreErrorKind::Broken => {
-                    tracing::error!(error = %err, "failed to append events");
-                    Problem::internal().into_response()
-                }
-            };
-        }
+        // A failed append stored nothing (its admission gave its room back): the client is
+        // told to come back, never that the event is lost or kept.
+        Ok(Err(err)) => return store_refused(&err).into_response(),
         Err(_) => {
+            // Whether the append was durable is unknown: a retry is safe (the store dedupes
+            // on source and id), so that is what the client is told to do.
             tracing::error!("the append task panicked");
-            return Problem::internal().into_response();
+            return Problem::service_unavailable(
+                Some(STORE_UNAVAILABLE_WAIT),
+                "the host failed to store the events; send them again",
+            )
+            .into_response();
         }
     };
     let received = &app.metrics.events_received;
@@ -192,6 +184,34 @@ async fn ingest(
         accepted,
     };
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+/// The answer to an append the store refused: 507 when the disk (or the database's size
+/// limit) is full, 503 otherwise; both with `Retry-After`, since nothing was stored and the
+/// same request may succeed later.
+fn store_refused(err: &crate::store::StoreError) -> Problem {
+    match err.kind() {
+        StoreErrorKind::Full => {
+            tracing::warn!(error = %err, "the store is full");
+            Problem::new(StatusCode::INSUFFICIENT_STORAGE)
+                .with_detail("the store is full: nothing was stored, send the events again later")
+                .with_retry_after(STORE_UNAVAILABLE_WAIT)
+        }
+        StoreErrorKind::Busy => {
+            tracing::warn!(error = %err, "the store cannot take events now");
+            Problem::service_unavailable(
+                Some(STORE_UNAVAILABLE_WAIT),
+                "the store cannot take events now: nothing was stored, send them again later",
+            )
+        }
+        StoreErrorKind::Broken => {
+            tracing::error!(error = %err, "failed to append events");
+            Problem::service_unavailable(
+                Some(STORE_UNAVAILABLE_WAIT),
+                "the host failed to store the events: nothing was stored, see its log",
+            )
+        }
+    }
 }
 
 /// `OPTIONS /` and `/events`: the CloudEvents web hook handshake.

@@ -159,7 +159,7 @@ impl Problem {
         serde_json::to_value(self.wire()).unwrap_or_else(|_| self.fallback_body())
     }
 
-    fn with_retry_after(self, after: Duration) -> Self {
+    pub fn with_retry_after(self, after: Duration) -> Self {
         let mut seconds = after.as_secs();
         if after.subsec_nanos() > 0 || seconds == 0 {
             seconds = seconds.saturating_add(1);

@@ -22,6 +22,7 @@
 
 mod deployments;
 mod error;
+mod files;
 mod schema;
 mod writer;
 
@@ -35,6 +36,7 @@ use tokio::sync::oneshot;
 use crate::event::Event;
 
 pub use error::{StoreError, StoreErrorKind};
+pub use files::{DataDirLock, create_private_dir};
 
 /// What a store call answers.
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -247,6 +249,10 @@ pub enum RedriveTarget {
     Handler(HandlerName),
 }
 
+/// The size of a readiness probe's write: as much as a large event needs, so that a disk with
+/// room for a tiny row but not for events is not called writable.
+const PROBE_BYTES: i64 = 1 << 20;
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -256,6 +262,7 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     writer: writer::Writer,
+    health: Arc<writer::Health>,
     readers: ReadPool,
     metrics: crate::metrics::StoreMetrics,
 }
@@ -263,24 +270,48 @@ struct Inner {
 impl Store {
     /// Open (or create) the database `evhost.db` in `data_dir`.
     pub fn open(data_dir: &Path, durability: Durability) -> Result<Store> {
-        std::fs::create_dir_all(data_dir)
+        files::create_private_dir(data_dir)
             .with_context(|| format!("failed to create the data directory {data_dir:?}"))?;
         let path = data_dir.join("evhost.db");
+        files::make_private_file(&path)?;
         let conn = Connection::open(&path)
             .with_context(|| format!("failed to open the store at {path:?}"))?;
         schema::prepare_writer(&conn, durability)
             .and_then(|()| deployments::prepare(&conn))
             .with_context(|| format!("failed to prepare the store at {path:?}"))?;
         let metrics = crate::metrics::StoreMetrics::new()?;
-        let writer = writer::Writer::spawn(conn, metrics.clone())?;
+        let health = Arc::new(writer::Health::default());
+        let writer = writer::Writer::spawn(conn, metrics.clone(), health.clone())?;
         Ok(Store {
             inner: Arc::new(Inner {
+                health,
                 readers: ReadPool::new(path.clone()),
                 path,
                 writer,
                 metrics,
             }),
         })
+    }
+
+    /// Why the store cannot write, if a write found the disk full or failing since the last
+    /// successful [`Store::probe_write`].
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.health.failure()
+    }
+
+    /// Write (and keep, replacing the last one) a row of [`PROBE_BYTES`], to learn whether
+    /// the store can take events again; on success, [`Store::write_failure`] is cleared.
+    pub async fn probe_write(&self) -> StoreResult<()> {
+        self.write(|conn, _now| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('write-probe', zeroblob(?1))",
+            )?
+            .execute([PROBE_BYTES])?;
+            Ok(())
+        })
+        .await?;
+        self.inner.health.recovered();
+        Ok(())
     }
 
     /// The database file, for people who want to look with `sqlite3`.

@@ -14,19 +14,28 @@ use anyhow::{Context, Result};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::StoreError;
+use std::sync::Arc;
+
 use super::schema;
+use super::{StoreError, StoreErrorKind};
 use crate::metrics::StoreMetrics;
 
 /// Requests applied in one transaction at most; bounds the latency one commit adds.
 const MAX_GROUP: usize = 512;
 
 /// One write request: applied to the group's transaction (inside its own savepoint) at the
-/// group's time, it returns the answer to send once the group's commit is durable.
-pub(super) type Job = Box<dyn FnOnce(&mut Transaction<'_>, i64) -> Box<dyn Answer> + Send>;
+/// group's time, it returns the answer to send once the group's commit is durable; or, when
+/// the group's transaction could not even begin, refused with that error.
+pub(super) trait Job: Send {
+    fn apply(self: Box<Self>, tx: &mut Transaction<'_>, now: i64) -> Box<dyn Answer>;
+    fn refuse(self: Box<Self>, error: &anyhow::Error);
+}
 
 /// A request's result, held until the group's commit decides whether it stands.
 pub(super) trait Answer: Send {
+    /// The kind of failure the request itself met, if it failed (its savepoint rolled back;
+    /// the rest of the group stands).
+    fn failure(&self) -> Option<StoreErrorKind>;
     /// The commit succeeded: send the result.
     fn send(self: Box<Self>);
     /// The commit failed: nothing of this request is durable.
@@ -39,6 +48,11 @@ struct Reply<T> {
 }
 
 impl<T: Send> Answer for Reply<T> {
+    fn failure(&self) -> Option<StoreErrorKind> {
+        let error = self.result.as_ref().err()?;
+        Some(StoreError::classify(error).kind())
+    }
+
     fn send(self: Box<Self>) {
         let result = self.result.map_err(|err| StoreError::classify(&err));
         // A requester that gave up (its HTTP client left) is no reason to stop.
@@ -51,14 +65,18 @@ impl<T: Send> Answer for Reply<T> {
     }
 }
 
-/// Wrap `apply` as a [`Job`] whose result goes to `to`. `apply` runs in a savepoint of its
-/// own, so that its failure rolls back only itself, not the rest of the group.
-pub(super) fn job<T, F>(to: oneshot::Sender<Result<T, StoreError>>, apply: F) -> Job
+struct Request<T, F> {
+    to: oneshot::Sender<Result<T, StoreError>>,
+    apply: F,
+}
+
+impl<T, F> Job for Request<T, F>
 where
     T: Send + 'static,
     F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
 {
-    Box::new(move |tx, now| {
+    fn apply(self: Box<Self>, tx: &mut Transaction<'_>, now: i64) -> Box<dyn Answer> {
+        let Request { to, apply } = *self;
         let result = (|| {
             let savepoint = tx.savepoint()?;
             let result = apply(&savepoint, now)?;
@@ -66,31 +84,102 @@ where
             Ok(result)
         })();
         Box::new(Reply { to, result })
-    })
+    }
+
+    fn refuse(self: Box<Self>, error: &anyhow::Error) {
+        let error = StoreError::classify(error).context("the store could not begin a write");
+        drop(self.to.send(Err(error)));
+    }
+}
+
+/// Wrap `apply` as a [`Job`] whose result goes to `to`. `apply` runs in a savepoint of its
+/// own, so that its failure rolls back only itself, not the rest of the group.
+pub(super) fn job<T, F>(to: oneshot::Sender<Result<T, StoreError>>, apply: F) -> Box<dyn Job>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+{
+    Box::new(Request { to, apply })
+}
+
+/// Whether the store can write, for readiness: set when a write meets a full disk or an I/O
+/// failure, cleared only by a successful probe ([`super::Store::probe_write`]). Not by any
+/// successful write: on a nearly full disk a small commit can fit where events do not, and
+/// readiness would flap between each.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Health {
+    fn failed(&self, why: String) {
+        let mut last = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none() {
+            tracing::warn!(why, "the store cannot write: not ready");
+        }
+        *last = Some(why);
+    }
+
+    pub(super) fn recovered(&self) {
+        let mut last = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if last.take().is_some() {
+            tracing::info!("the store writes again: ready");
+        }
+    }
+
+    pub(super) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Whether a failure of this kind means the store cannot write at all (rather than one
+/// request being wrong).
+fn is_unwritable(kind: StoreErrorKind) -> bool {
+    matches!(kind, StoreErrorKind::Full | StoreErrorKind::Busy)
+}
+
+fn describe(kind: StoreErrorKind) -> &'static str {
+    match kind {
+        StoreErrorKind::Full => "the disk or the database is full",
+        StoreErrorKind::Busy => "the disk failed a write",
+        StoreErrorKind::Broken => "the store is broken",
+    }
 }
 
 pub(super) struct Writer {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Box<dyn Job>>,
 }
 
 impl Writer {
-    pub(super) fn spawn(conn: Connection, metrics: StoreMetrics) -> Result<Writer> {
+    pub(super) fn spawn(
+        conn: Connection,
+        metrics: StoreMetrics,
+        health: Arc<Health>,
+    ) -> Result<Writer> {
         let (queue, requests) = mpsc::channel();
         std::thread::Builder::new()
             .name("evhost-store-writer".into())
-            .spawn(move || run(conn, requests, &metrics))
+            .spawn(move || run(conn, requests, &metrics, &health))
             .context("failed to start the store writer thread")?;
         Ok(Writer { queue })
     }
 
-    pub(super) fn send(&self, job: Job) -> Result<(), StoreError> {
+    pub(super) fn send(&self, job: Box<dyn Job>) -> Result<(), StoreError> {
         self.queue
             .send(job)
             .map_err(|_| StoreError::broken("the store writer stopped"))
     }
 }
 
-fn run(mut conn: Connection, requests: mpsc::Receiver<Job>, metrics: &StoreMetrics) {
+fn run(
+    mut conn: Connection,
+    requests: mpsc::Receiver<Box<dyn Job>>,
+    metrics: &StoreMetrics,
+    health: &Health,
+) {
     // Ends when every `Store` handle is dropped.
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
@@ -108,9 +197,22 @@ fn run(mut conn: Connection, requests: mpsc::Receiver<Job>, metrics: &StoreMetri
             .observe(started.elapsed().as_secs_f64());
         metrics.commit_batch.observe(size as f64);
         match outcome {
-            Ok(answers) => answers.into_iter().for_each(|a| a.send()),
+            Ok(answers) => {
+                if let Some(kind) = answers
+                    .iter()
+                    .filter_map(|a| a.failure())
+                    .find(|kind| is_unwritable(*kind))
+                {
+                    health.failed(describe(kind).to_owned());
+                }
+                answers.into_iter().for_each(|a| a.send());
+            }
             Err((error, answers)) => {
                 tracing::error!(error = format!("{error:#}"), "store commit failed");
+                let kind = StoreError::classify(&error).kind();
+                if is_unwritable(kind) {
+                    health.failed(format!("{}: {error:#}", describe(kind)));
+                }
                 answers.into_iter().for_each(|a| a.send_error(&error));
             }
         }
@@ -119,20 +221,26 @@ fn run(mut conn: Connection, requests: mpsc::Receiver<Job>, metrics: &StoreMetri
 
 type GroupError = (anyhow::Error, Vec<Box<dyn Answer>>);
 
-fn apply_group(conn: &mut Connection, group: Vec<Job>) -> Result<Vec<Box<dyn Answer>>, GroupError> {
+fn apply_group(
+    conn: &mut Connection,
+    group: Vec<Box<dyn Job>>,
+) -> Result<Vec<Box<dyn Answer>>, GroupError> {
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        // The jobs are dropped unapplied: their requesters see the writer's answer vanish,
-        // and the cause is logged by the caller.
+        // Nothing was applied: every request of the group learns why.
         Err(err) => {
-            return Err((
-                anyhow::Error::from(err).context("failed to begin"),
-                Vec::new(),
-            ));
+            let error = anyhow::Error::from(err).context("failed to begin");
+            for job in group {
+                job.refuse(&error);
+            }
+            return Err((error, Vec::new()));
         }
     };
     let now = schema::tx_now();
-    let answers: Vec<Box<dyn Answer>> = group.into_iter().map(|job| job(&mut tx, now)).collect();
+    let answers: Vec<Box<dyn Answer>> = group
+        .into_iter()
+        .map(|job| job.apply(&mut tx, now))
+        .collect();
     match tx.commit() {
         Ok(()) => Ok(answers),
         Err(err) => Err((err.into(), answers)),
