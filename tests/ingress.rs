@@ -10,7 +10,7 @@ use std::time::Duration;
 use cloudevents::binding::reqwest::{RequestBuilderExt as _, RequestSerializer};
 use cloudevents::message::StructuredDeserializer as _;
 use cloudevents::{AttributesReader as _, EventBuilder as _, EventBuilderV10};
-use evhost_tests::{TestHost, event, place_order, shop_manifest, stock_added};
+use evhost_tests::{TestHost, event, open_shop_manifest, place_order, stock_added};
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -23,8 +23,9 @@ const PLACED: &str = "com.example.shop.order.placed.v1";
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// The shop, taking any type: these tests are about the binding, not the shop's policy.
 async fn shop() -> TestHost {
-    TestHost::start(shop_manifest()).await
+    TestHost::start(open_shop_manifest()).await
 }
 
 /// POST `body` to `path` with exactly these headers.

@@ -23,4 +23,5 @@ mod isolation;
 mod operate;
 mod ownership;
 mod polyglot;
+mod producers;
 mod shop;

@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use evhost::store::Origin;
-use evhost_tests::{HostProcess, evhost_command, guest, guests_dir, workspace};
+use evhost_tests::{HostProcess, evhost_command, guest, guests_dir, shop_dir_accepting, workspace};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -69,8 +69,9 @@ fn path(path: &Path) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_deploys_rolls_back_redrives_and_removes_through_the_cli() {
-    guests_dir();
-    let mut host = HostProcess::new(&workspace(), &["examples/shop"]);
+    // The shop, letting producers send the type of the handler this test deploys.
+    let shop = shop_dir_accepting(&["test.extra.v1"]);
+    let mut host = HostProcess::new(&workspace(), &[path(shop.path())]);
     let base = host.start().await.url("");
 
     // The shop, as the manifest made it.

@@ -63,8 +63,17 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(30_000);
 /// retry more than a day away is a dead letter in all but name.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 
-const TOP_KEYS: &[&str] = &["app", "handler"];
+const TOP_KEYS: &[&str] = &["app", "handler", "ingress"];
 const APP_KEYS: &[&str] = &["name"];
+const INGRESS_KEYS: &[&str] = &["accept", "unrouted", "max_batch"];
+
+/// Events one batch request may hold when `[ingress] max_batch` is not set; a larger batch is
+/// refused with 413 before its events are decoded.
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+
+/// Upper bound for `max_batch`: a batch is one transaction, and the commit's other requests
+/// wait for it.
+pub const MAX_MAX_BATCH: usize = 10_000;
 /// Keys of a `[[handler]]` that describe the deployment unit rather than how it runs; a hot
 /// deploy gets them from elsewhere (the URL and the uploaded module).
 const HANDLER_KEYS: &[&str] = &["name", "module", "build"];
@@ -94,6 +103,40 @@ pub struct Manifest {
     pub app: App,
     /// In manifest order; names are unique.
     pub handlers: Vec<HandlerSpec>,
+    /// What ingress takes from producers.
+    pub ingress: IngressPolicy,
+}
+
+/// The `[ingress]` table: which events producers may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressPolicy {
+    /// The only types producers may send (403 for others); `None`: any type.
+    pub accept: Option<std::collections::BTreeSet<String>>,
+    /// What an event no handler subscribes to gets.
+    pub unrouted: Unrouted,
+    /// Events one batch may hold.
+    pub max_batch: usize,
+}
+
+impl Default for IngressPolicy {
+    fn default() -> IngressPolicy {
+        IngressPolicy {
+            accept: None,
+            unrouted: Unrouted::Store,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+/// `[ingress] unrouted`: what becomes of an event whose type no live handler subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrouted {
+    /// Stored in the log (it is what happened, and a handler deployed later may be fed from
+    /// the log); it runs nothing.
+    Store,
+    /// Refused with 422, naming the type: for apps where such an event is a producer's
+    /// mistake.
+    Refuse,
 }
 
 /// The `[app]` table.
@@ -523,10 +566,12 @@ impl Manifest {
         };
         let mut app = None;
         let mut handlers = Vec::new();
+        let mut ingress = IngressPolicy::default();
         for (key, value) in sorted(&root) {
             match key.as_str() {
                 "app" => app = read_app(value, &mut report),
                 "handler" => handlers = read_handlers(value, &dir, &mut report),
+                "ingress" => ingress = read_ingress(value, &mut report),
                 _ => report.unknown_key(key, TOP_KEYS),
             }
         }
@@ -542,6 +587,7 @@ impl Manifest {
                 dir,
                 app,
                 handlers,
+                ingress,
             }),
             _ => Err(report.into_error()),
         }
@@ -662,6 +708,70 @@ fn read_app(value: &Value, report: &mut Report) -> Option<App> {
         report.problem("app.name", "missing required key");
     }
     app
+}
+
+fn read_ingress(value: &Value, report: &mut Report) -> IngressPolicy {
+    let mut policy = IngressPolicy::default();
+    let Some(table) = value.as_table() else {
+        report.problem("ingress", format!("expected a table, got {}", got(value)));
+        return policy;
+    };
+    for (key, value) in sorted(table) {
+        match key.as_str() {
+            "accept" => {
+                let Some(items) = value.as_array() else {
+                    report.problem(
+                        "ingress.accept",
+                        format!("expected an array of event types, got {}", got(value)),
+                    );
+                    continue;
+                };
+                let mut accept = std::collections::BTreeSet::new();
+                for item in items {
+                    match item.as_str() {
+                        Some(ty) if crate::event::check_routable_type(ty).is_ok() => {
+                            if !accept.insert(ty.to_owned()) {
+                                report.problem(
+                                    "ingress.accept",
+                                    format!("`{ty}` is listed more than once"),
+                                );
+                            }
+                        }
+                        _ => report.problem(
+                            "ingress.accept",
+                            format!(
+                                "expected an event type (a string without whitespace), got {}",
+                                got(item)
+                            ),
+                        ),
+                    }
+                }
+                policy.accept = Some(accept);
+            }
+            "unrouted" => match value.as_str() {
+                Some("store") => policy.unrouted = Unrouted::Store,
+                Some("refuse") => policy.unrouted = Unrouted::Refuse,
+                _ => report.problem(
+                    "ingress.unrouted",
+                    format!("expected \"store\" or \"refuse\", got {}", got(value)),
+                ),
+            },
+            "max_batch" => match value.as_integer() {
+                Some(n) if n >= 1 && n as u64 <= MAX_MAX_BATCH as u64 => {
+                    policy.max_batch = n as usize;
+                }
+                _ => report.problem(
+                    "ingress.max_batch",
+                    format!(
+                        "expected a whole number from 1 to {MAX_MAX_BATCH}, got {}",
+                        got(value)
+                    ),
+                ),
+            },
+            _ => report.unknown_key(&format!("ingress.{key}"), INGRESS_KEYS),
+        }
+    }
+    policy
 }
 
 fn read_handlers(value: &Value, dir: &Path, report: &mut Report) -> Vec<HandlerSpec> {
@@ -1138,6 +1248,7 @@ subscribe = ["com.example.shop.shipment.created.v1"]
                     },
                 },
             ],
+            ingress: IngressPolicy::default(),
         };
         assert_eq!(manifest, expected);
 
@@ -1206,7 +1317,7 @@ subscribe = ["com.example.a.v1"]
                 "examples/shop/evhost.toml: handler `payment`: key `timeout_ms`: expected an integer from 1 to 600000, got 0",
                 "examples/shop/evhost.toml: handler #3: key `name`: missing required key",
                 "examples/shop/evhost.toml: handler `inventory`: key `name`: handlers #1 and #4 are both named `inventory`",
-                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, handler)",
+                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, handler, ingress)",
             ]
         );
     }
@@ -1580,5 +1691,43 @@ backoff = { max_ms = 1000 }
                 missing.display()
             )
         );
+    }
+
+    #[test]
+    fn the_ingress_table_is_read_and_its_mistakes_named() {
+        let manifest = Manifest::parse(
+            "[app]\nname = \"a\"\n[ingress]\naccept = [\"x.v1\", \"y.v1\"]\n\
+             unrouted = \"refuse\"\nmax_batch = 10\n",
+            Path::new("evhost.toml"),
+        )
+        .unwrap();
+        let accept: Vec<&str> = manifest
+            .ingress
+            .accept
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(accept, ["x.v1", "y.v1"]);
+        assert_eq!(manifest.ingress.unrouted, Unrouted::Refuse);
+        assert_eq!(manifest.ingress.max_batch, 10);
+
+        let error = Manifest::parse(
+            "[app]\nname = \"a\"\n[ingress]\naccept = [\"x y\", 3, \"z\", \"z\"]\n\
+             unrouted = \"drop\"\nmax_batch = 0\nlimit = 1\n",
+            Path::new("evhost.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "key `ingress.accept`: expected an event type (a string without whitespace), got \"x y\"",
+            "key `ingress.accept`: expected an event type (a string without whitespace), got 3",
+            "key `ingress.accept`: `z` is listed more than once",
+            "key `ingress.unrouted`: expected \"store\" or \"refuse\", got \"drop\"",
+            "key `ingress.max_batch`: expected a whole number from 1 to 10000, got 0",
+            "key `ingress.limit`: unknown key (expected one of: accept, unrouted, max_batch)",
+        ] {
+            assert!(error.contains(expected), "{expected}\nnot in\n{error}");
+        }
     }
 }

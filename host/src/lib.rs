@@ -237,6 +237,7 @@ pub async fn run(
 
     let stopping = Arc::new(AtomicBool::new(false));
     let ingress = Arc::new(IngressState {
+        namespace: format!("/{app}"),
         live: live.clone(),
         store: store.clone(),
         metrics: metrics.clone(),

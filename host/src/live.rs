@@ -19,26 +19,38 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::clock::Clock;
+use crate::config::IngressPolicy;
 use crate::event::Event;
 use crate::name::HandlerName;
 use crate::pressure::{self, Admission, Demand, Queue, Refusal};
 use crate::router::{RouteTable, Routed};
 use crate::runtime::DeployedHandler;
 
-/// The live set, swapped whole.
+/// The live set, swapped whole, and the manifest's ingress policy beside it.
 pub struct Live {
     current: ArcSwap<LiveSet>,
+    ingress: ArcSwap<IngressPolicy>,
 }
 
 impl Live {
     pub fn new() -> Live {
         Live {
             current: ArcSwap::from_pointee(LiveSet::default()),
+            ingress: ArcSwap::from_pointee(IngressPolicy::default()),
         }
     }
 
     pub fn current(&self) -> Arc<LiveSet> {
         self.current.load_full()
+    }
+
+    /// Which events producers may send now (the manifest's `[ingress]` table).
+    pub fn ingress_policy(&self) -> Arc<IngressPolicy> {
+        self.ingress.load_full()
+    }
+
+    pub fn set_ingress_policy(&self, policy: IngressPolicy) {
+        self.ingress.store(Arc::new(policy));
     }
 
     /// Make `next` what runs; returns what ran before.

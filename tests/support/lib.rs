@@ -114,6 +114,34 @@ pub fn shop_manifest() -> Manifest {
     manifest
 }
 
+/// The shop taking any event type from producers (no `[ingress] accept`): for tests of the
+/// CloudEvents binding itself, which post types of every kind.
+pub fn open_shop_manifest() -> Manifest {
+    let mut manifest = shop_manifest();
+    manifest.ingress.accept = None;
+    manifest
+}
+
+/// A folder holding a copy of the shop's manifest whose `[ingress] accept` also lists
+/// `accept`, its module paths made absolute: for tests that run `evhost up` on a shop with
+/// handlers of their own.
+pub fn shop_dir_accepting(accept: &[&str]) -> TempDir {
+    guests_dir();
+    let text = std::fs::read_to_string(workspace().join("examples/shop/evhost.toml"))
+        .expect("the shop manifest");
+    let target = workspace().join("target").display().to_string();
+    let listed =
+        "accept = [\"com.example.shop.order.place.v1\", \"com.example.shop.stock.added.v1\"";
+    assert!(text.contains(listed), "the shop's accept list moved");
+    let extra: String = accept.iter().map(|ty| format!(", {ty:?}")).collect();
+    let text = text
+        .replace("\"../../target", &format!("\"{target}"))
+        .replace(listed, &format!("{listed}{extra}"));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(dir.path().join("evhost.toml"), text).expect("write the manifest");
+    dir
+}
+
 /// A manifest from TOML text, with `{guests}` replaced by [`guests_dir`].
 pub fn manifest(toml: &str) -> Manifest {
     let text = toml.replace("{guests}", &guests_dir().display().to_string());

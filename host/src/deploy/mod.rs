@@ -200,6 +200,7 @@ impl Deployer {
         let _one_at_a_time = self.changes.lock().await;
         let stored = self.stored(&plan).await?;
         let early_problems = plan.problems().to_vec();
+        let ingress_policy = plan.ingress_policy().cloned();
         let steps = plan::diff(&stored, plan)?;
         let live = self.live.current();
         let items = build_items(&stored, &steps, &live);
@@ -213,6 +214,9 @@ impl Deployer {
         let (changes, next) = self.persist(&stored, steps).await?;
         let handlers = self.next_handlers(&live, next, linked).await?;
         self.swap(LiveSet::new(handlers));
+        if let Some(policy) = ingress_policy {
+            self.live.set_ingress_policy(policy);
+        }
         Ok(changes)
     }
 

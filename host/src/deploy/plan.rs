@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::DeployError;
-use crate::config::{HandlerSettings, Manifest};
+use crate::config::{HandlerSettings, IngressPolicy, Manifest};
 use crate::name::HandlerName;
 use crate::runtime::module_sha256;
 use crate::store::{Deployment, DeploymentChange, HandlerRecord, ManifestEntry, Origin};
@@ -69,6 +69,8 @@ pub enum Plan {
     Manifest {
         wanted: Vec<Wanted>,
         unreadable: Vec<String>,
+        /// What ingress takes from producers: live with the handlers.
+        ingress: IngressPolicy,
     },
     /// A new version of one handler through the API; without settings it keeps the live
     /// version's.
@@ -108,6 +110,15 @@ impl Plan {
         Plan::Manifest {
             wanted,
             unreadable: problems,
+            ingress: manifest.ingress.clone(),
+        }
+    }
+
+    /// The ingress policy a manifest plan makes live; other plans keep the live one.
+    pub fn ingress_policy(&self) -> Option<&IngressPolicy> {
+        match self {
+            Plan::Manifest { ingress, .. } => Some(ingress),
+            _ => None,
         }
     }
 
@@ -393,6 +404,7 @@ mod tests {
         Plan::Manifest {
             wanted,
             unreadable: Vec::new(),
+            ingress: IngressPolicy::default(),
         }
     }
 

@@ -96,13 +96,24 @@ pub struct Decoded {
     pub events: Vec<Event>,
 }
 
-/// Decodes one HTTP request body (already read, already size-limited by the caller).
+/// Decodes one HTTP request body (already read, already size-limited by the caller), a batch
+/// of at most [`crate::config::DEFAULT_MAX_BATCH`] events.
 pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Decoded, IngressError> {
+    decode_limited(headers, body, crate::config::DEFAULT_MAX_BATCH)
+}
+
+/// [`decode`], a batch of at most `max_batch` events: a larger one is refused before any of
+/// its events is decoded.
+pub fn decode_limited(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_batch: usize,
+) -> Result<Decoded, IngressError> {
     let mode = mode_of(headers)?;
     let events = match mode {
         Mode::Binary => vec![decode_binary(headers, body)?],
         Mode::Structured => vec![decode_structured(body)?],
-        Mode::Batch => decode_batch(body)?,
+        Mode::Batch => decode_batch(body, max_batch)?,
     };
     Ok(Decoded { mode, events })
 }
@@ -250,7 +261,18 @@ fn decode_structured(body: &[u8]) -> Result<Event, IngressError> {
     }
 }
 
-fn decode_batch(body: &[u8]) -> Result<Vec<Event>, IngressError> {
+fn decode_batch(body: &[u8], max_batch: usize) -> Result<Vec<Event>, IngressError> {
+    // Count first, without building anything per event: a body of 15,000 tiny events must
+    // cost a scan, not 15,000 decoded events, before it is refused. A body that is not an
+    // array of JSON values falls through to the full parse, which names what it is.
+    if let Ok(items) = serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body)
+        && items.len() > max_batch
+    {
+        return Err(IngressError::TooManyEvents {
+            count: items.len(),
+            limit: max_batch,
+        });
+    }
     let items = match parse(body)? {
         Shape::Array(items) => items,
         other => {

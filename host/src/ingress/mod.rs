@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::api::{AcceptedEvent, IngestAnswer};
+use crate::config::{IngressPolicy, Unrouted};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::name::HandlerName;
@@ -42,6 +43,8 @@ const STORE_UNAVAILABLE_WAIT: std::time::Duration = std::time::Duration::from_se
 
 /// What ingress needs: the routes and queues (live set), the store, the metrics.
 pub struct IngressState {
+    /// The `source` prefix of the host's own handlers (`/{app}`), which producers may not use.
+    pub namespace: String,
     pub live: Arc<Live>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -92,13 +95,32 @@ async fn ingest(
             return IngressError::from_body_rejection(&rejection, app.body_limit).into_response();
         }
     };
-    let decoded = match binding::decode(headers, &body) {
+    let policy = app.live.ingress_policy();
+    let decoded = match binding::decode_limited(headers, &body, policy.max_batch) {
         Ok(decoded) => decoded,
         Err(err) => return err.into_response(),
     };
+    let at = |index: usize, err: IngressError| match decoded.mode {
+        binding::Mode::Batch => err.at_index(index),
+        _ => err,
+    };
+    for (index, event) in decoded.events.iter().enumerate() {
+        if let Err(err) = check_producer(event, &app.namespace, &policy) {
+            return at(index, err).into_response();
+        }
+    }
 
     let live = app.live.current();
     let routed: Vec<_> = decoded.events.into_iter().map(|e| live.route(e)).collect();
+    if policy.unrouted == Unrouted::Refuse
+        && let Some((index, unrouted)) = routed
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.deliveries.is_empty())
+    {
+        let ty = unrouted.event.ty().to_owned();
+        return at(index, IngressError::Unrouted { ty }).into_response();
+    }
     // Back-pressure: room in every target handler's queue, or the whole request is refused.
     let admission = match live.admit(&routed) {
         Ok(admission) => admission,
@@ -184,6 +206,34 @@ async fn ingest(
         accepted,
     };
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+}
+
+/// What a producer may send: not from the host's own `source` namespace (only its handlers
+/// emit from there, and their dedupe keys live there), and only the types `[ingress] accept`
+/// lists, when it lists any.
+fn check_producer(
+    event: &crate::event::Event,
+    namespace: &str,
+    policy: &IngressPolicy,
+) -> Result<(), IngressError> {
+    let source = event.source();
+    let reserved = source
+        .strip_prefix(namespace)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    if reserved {
+        return Err(IngressError::ReservedSource {
+            given: source.to_owned(),
+            namespace: namespace.to_owned(),
+        });
+    }
+    if let Some(accept) = &policy.accept
+        && !accept.contains(event.ty())
+    {
+        return Err(IngressError::NotAccepted {
+            ty: event.ty().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The answer to an append the store refused: 507 when the disk (or the database's size

@@ -250,6 +250,22 @@ pub enum IngressError {
     /// A header the request needs is absent, e.g. `WebHook-Request-Origin`.
     #[error("missing header `{header}`")]
     MissingHeader { header: &'static str },
+    /// A batch holds more events than `[ingress] max_batch`.
+    #[error("the batch holds {count} events, over the limit of {limit} (`[ingress] max_batch`)")]
+    TooManyEvents { count: usize, limit: usize },
+    /// The `source` is in the namespace of the host's own handlers (`/{app}/...`): only they
+    /// emit from it.
+    #[error(
+        "invalid attribute `source`: `{given}` is the host's own (its handlers emit as \
+         `{namespace}/<handler>`): producers must use another source"
+    )]
+    ReservedSource { given: String, namespace: String },
+    /// `[ingress] accept` does not list the type.
+    #[error("producers may not send `{ty}`: the app's `[ingress] accept` list does not name it")]
+    NotAccepted { ty: String },
+    /// No handler subscribes to the type, and `[ingress] unrouted = "refuse"`.
+    #[error("no handler subscribes to `{ty}` (and `[ingress] unrouted` is \"refuse\")")]
+    Unrouted { ty: String },
     /// One event of a batch is invalid, so the whole batch is refused.
     #[error("event at index {index}: {inner}")]
     Batch {
@@ -262,7 +278,11 @@ impl IngressError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnsupportedFormat { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge { .. } | Self::TooManyEvents { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::ReservedSource { .. } | Self::NotAccepted { .. } => StatusCode::FORBIDDEN,
+            Self::Unrouted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Batch { inner, .. } => inner.status(),
             Self::MissingAttribute { .. }
             | Self::InvalidAttribute { .. }
@@ -280,6 +300,8 @@ impl IngressError {
         match self {
             Self::MissingAttribute { attribute } => Some((*attribute).to_owned()),
             Self::InvalidAttribute { attribute, .. } => Some(attribute.clone()),
+            Self::ReservedSource { .. } => Some("source".to_owned()),
+            Self::NotAccepted { .. } | Self::Unrouted { .. } => Some("type".to_owned()),
             Self::Batch { index, inner } => inner
                 .attribute()
                 .map(|attribute| format!("[{index}].{attribute}")),
@@ -328,6 +350,7 @@ impl IngressError {
         }
         match self.innermost() {
             Self::InvalidHeader { header, .. } => problem.with_member("header", header.clone()),
+            Self::TooManyEvents { limit, .. } => problem.with_member("limit", *limit),
             Self::MissingHeader { header } => problem.with_member("header", *header),
             // RFC 9110 (section 12.5.1): `Accept` on a response says what a request's
             // content may be.
@@ -360,6 +383,10 @@ impl IngressError {
                 ("unsupported-format", "unsupported CloudEvents format")
             }
             Self::PayloadTooLarge { .. } => ("payload-too-large", "request body too large"),
+            Self::TooManyEvents { .. } => ("too-many-events", "batch too large"),
+            Self::ReservedSource { .. } => ("reserved-source", "source reserved for the host"),
+            Self::NotAccepted { .. } => ("type-not-accepted", "event type not accepted"),
+            Self::Unrouted { .. } => ("unrouted-type", "no handler for the event type"),
             Self::UnreadableBody => ("unreadable-body", "unreadable request body"),
             Self::InvalidHeader { .. } => ("invalid-header", "invalid header"),
             Self::MissingHeader { .. } => ("missing-header", "missing header"),

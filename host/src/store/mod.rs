@@ -322,7 +322,8 @@ impl Store {
     /// Append events (one request's worth: all or nothing) and their deliveries; returns once
     /// durable, handing each event back with what became of it.
     pub async fn append(&self, events: Vec<Routed>) -> StoreResult<Vec<(Routed, Appended)>> {
-        self.write(move |tx, now| {
+        let rows = events.iter().map(|r| 1 + r.deliveries.len()).sum();
+        self.write_rows(rows, move |tx, now| {
             let outcomes = events
                 .iter()
                 .map(|routed| schema::append(tx, routed, None, now))
@@ -334,7 +335,14 @@ impl Store {
 
     /// Commit an invocation's effects and mark its delivery done; returns once durable.
     pub async fn commit(&self, commit: Commit) -> StoreResult<Committed> {
-        self.write(move |tx, now| schema::commit(tx, &commit, now))
+        let rows = 1
+            + commit.state_writes.len()
+            + commit
+                .emitted
+                .iter()
+                .map(|r| 1 + r.deliveries.len())
+                .sum::<usize>();
+        self.write_rows(rows, move |tx, now| schema::commit(tx, &commit, now))
             .await
     }
 
@@ -363,8 +371,17 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
     {
+        self.write_rows(1, apply).await
+    }
+
+    /// [`Store::write`] of about `rows` rows (the writer's group commit counts them).
+    async fn write_rows<T, F>(&self, rows: usize, apply: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        self.inner.writer.send(writer::job(reply, apply))?;
+        self.inner.writer.send(writer::job(reply, rows, apply))?;
         rx.await
             .map_err(|_| StoreError::broken("the store writer stopped"))?
     }

@@ -2,7 +2,8 @@
 //!
 //! Why one thread: SQLite allows one writer at a time anyway, and an fsync costs the same for
 //! one row as for a thousand. So every write request is queued to this thread, which takes
-//! all requests waiting when it starts a transaction (up to [`MAX_GROUP`]), applies each in
+//! all requests waiting when it starts a transaction (up to [`MAX_GROUP`] requests or
+//! [`MAX_GROUP_ROWS`] rows, whichever comes first), applies each in
 //! its own savepoint (one request's failure does not undo the others'), commits once, and
 //! only then answers each request. Under load, many concurrent POSTs share one fsync; with a
 //! single client, a request waits for no one.
@@ -23,10 +24,17 @@ use crate::metrics::StoreMetrics;
 /// Requests applied in one transaction at most; bounds the latency one commit adds.
 const MAX_GROUP: usize = 512;
 
+/// Rows a group writes at most, as its requests estimate them (an event and its deliveries,
+/// a commit's writes and emits): a group closes once past it, so that a few large batches
+/// cannot make one commit, and every 202 waiting on it, as slow as thousands of small ones.
+const MAX_GROUP_ROWS: usize = 4096;
+
 /// One write request: applied to the group's transaction (inside its own savepoint) at the
 /// group's time, it returns the answer to send once the group's commit is durable; or, when
 /// the group's transaction could not even begin, refused with that error.
 pub(super) trait Job: Send {
+    /// About how many rows it writes.
+    fn rows(&self) -> usize;
     fn apply(self: Box<Self>, tx: &mut Transaction<'_>, now: i64) -> Box<dyn Answer>;
     fn refuse(self: Box<Self>, error: &anyhow::Error);
 }
@@ -67,6 +75,7 @@ impl<T: Send> Answer for Reply<T> {
 
 struct Request<T, F> {
     to: oneshot::Sender<Result<T, StoreError>>,
+    rows: usize,
     apply: F,
 }
 
@@ -75,8 +84,12 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
 {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
     fn apply(self: Box<Self>, tx: &mut Transaction<'_>, now: i64) -> Box<dyn Answer> {
-        let Request { to, apply } = *self;
+        let Request { to, apply, .. } = *self;
         let result = (|| {
             let savepoint = tx.savepoint()?;
             let result = apply(&savepoint, now)?;
@@ -92,14 +105,19 @@ where
     }
 }
 
-/// Wrap `apply` as a [`Job`] whose result goes to `to`. `apply` runs in a savepoint of its
-/// own, so that its failure rolls back only itself, not the rest of the group.
-pub(super) fn job<T, F>(to: oneshot::Sender<Result<T, StoreError>>, apply: F) -> Box<dyn Job>
+/// Wrap `apply`, which writes about `rows` rows, as a [`Job`] whose result goes to `to`.
+/// `apply` runs in a savepoint of its own, so that its failure rolls back only itself, not
+/// the rest of the group.
+pub(super) fn job<T, F>(
+    to: oneshot::Sender<Result<T, StoreError>>,
+    rows: usize,
+    apply: F,
+) -> Box<dyn Job>
 where
     T: Send + 'static,
     F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
 {
-    Box::new(Request { to, apply })
+    Box::new(Request { to, rows, apply })
 }
 
 /// Whether the store can write, for readiness: set when a write meets a full disk or an I/O
@@ -182,10 +200,14 @@ fn run(
 ) {
     // Ends when every `Store` handle is dropped.
     while let Ok(first) = requests.recv() {
+        let mut rows = first.rows();
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && rows < MAX_GROUP_ROWS {
             match requests.try_recv() {
-                Ok(op) => group.push(op),
+                Ok(op) => {
+                    rows += op.rows();
+                    group.push(op);
+                }
                 Err(_) => break,
             }
         }
