@@ -22,3 +22,4 @@ mod operate;
 mod ownership;
 mod polyglot;
 mod shop;
+mod window;
