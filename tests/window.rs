@@ -1,6 +1,7 @@
 //! The scheduler's window on the store: a key waiting for its retry, with hundreds of its
 //! own deliveries behind it, holds back no other key (before and after a restart), and its
-//! own deliveries still run in order once it settles.
+//! own deliveries still run in order once it settles; the admin API writes events as stored,
+//! in the same JSON as ever.
 
 use std::time::{Duration, Instant};
 
@@ -96,4 +97,112 @@ async fn a_key_waiting_for_its_retry_holds_back_no_other_key_and_keeps_its_order
         host.state("recorder", "seen/l").await,
         Some(json!(["l-1", "l-2"]))
     );
+}
+
+/// The body of `GET path` as text.
+async fn body(host: &HostClient, path: &str) -> String {
+    let response = host.get(path).await;
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.text().await.expect("a body")
+}
+
+/// POST a structured event written by hand, so that its `data` is exactly this text.
+async fn post_raw(host: &HostClient, id: &str, data: &str) {
+    let body = format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"/tests","type":"test.shape.v1",
+            "datacontenttype":"application/json","data":{data}}}"#
+    );
+    let response = host
+        .http
+        .post(host.url("/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(body)
+        .send()
+        .await
+        .expect("the host answers");
+    assert_eq!(response.status(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_and_dead_letters_write_events_as_stored_in_the_same_json() {
+    let host = TestHost::start(one_handler_app(
+        "recorder",
+        "recorder",
+        &["test.shape.v1"],
+        "max_attempts = 1",
+    ))
+    .await;
+    // Compact, members sorted: byte for byte what a tree of it gave.
+    post_raw(&host, "compact", r#"{"a":1,"b":["x",true,null]}"#).await;
+    // As a producer wrote it: spacing, member order and digits kept.
+    let pretty = "{ \"z\": 1,\n  \"a\": [1.50, 12345678901234567890123] }";
+    post_raw(&host, "pretty", pretty).await;
+    let rejected = "{ \"fail\" : \"reject\" }";
+    post_raw(&host, "rejected", rejected).await;
+    let text = host
+        .http
+        .post(host.url("/events"))
+        .header("content-type", "text/plain")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "text")
+        .header("ce-source", "/tests")
+        .header("ce-type", "test.shape.v1")
+        .header("ce-partitionkey", "p-1")
+        .body("h\u{e9}llo \"there\"")
+        .send()
+        .await
+        .expect("the host answers");
+    assert_eq!(text.status(), 202);
+    host.wait_idle(WAIT).await;
+
+    let log = body(&host, "/admin/events").await;
+    assert!(
+        log.starts_with(r#"{"events":[{"seq":1,"received_at":""#),
+        "{log}"
+    );
+    let compact = concat!(
+        r#""event":{"data":{"a":1,"b":["x",true,null]},"datacontenttype":"application/json","#,
+        r#""id":"compact","source":"/tests","specversion":"1.0","type":"test.shape.v1"},"#,
+        r#""deliveries":[{"id":1,"handler":"recorder","status":"done","attempts":1,"#,
+        r#""last_error":null,"caused":[]}]"#,
+    );
+    assert!(log.contains(compact), "{log}");
+    assert!(log.contains(&format!(r#""data":{pretty},"#)), "{log}");
+    let text = concat!(
+        r#""event":{"data":"héllo \"there\"","datacontenttype":"text/plain","id":"text","#,
+        r#""partitionkey":"p-1","source":"/tests","specversion":"1.0","type":"test.shape.v1"}"#,
+    );
+    assert!(log.contains(text), "{log}");
+
+    // Read back, it is the JSON of the events as posted.
+    let page: Value = serde_json::from_str(&log).expect("JSON");
+    let events = page["events"].as_array().expect("events");
+    assert_eq!(events.len(), 4);
+    assert_eq!(page["next_after"], 4);
+    assert_eq!(
+        events[1]["event"]["data"],
+        json!({"z": 1, "a": [1.5, 12345678901234567890123.0]})
+    );
+    let members = |i: usize| {
+        let event = events[i]["event"].as_object().expect("an object");
+        event.keys().cloned().collect::<Vec<_>>()
+    };
+    let envelope = [
+        "data",
+        "datacontenttype",
+        "id",
+        "source",
+        "specversion",
+        "type",
+    ];
+    assert_eq!(members(1), envelope);
+
+    // A dead letter's event likewise.
+    let letters = host.wait_dead_letters(1, WAIT).await;
+    let letter = body(&host, &format!("/admin/deadletters/{}", letters[0].id)).await;
+    assert!(
+        letter.contains(&format!(r#""data":{rejected},"#)),
+        "{letter}"
+    );
+    assert_eq!(letters[0].event["data"], json!({"fail": "reject"}));
 }

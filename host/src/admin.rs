@@ -19,7 +19,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::api::{
-    AttemptView, DeadLetterPage, DeadLetterView, DeliveryView, DeployAnswer, EventsPage,
+    AttemptView, DeadLetterPage, DeadLetterView, DeliveryView, DeployAnswer, EventJson, EventsPage,
     HandlerList, HandlerView, LoggedEventView, RedriveAnswer, RemoveAnswer, RollbackAnswer,
     VersionView, rfc3339,
 };
@@ -181,7 +181,7 @@ struct EventsParams {
 async fn events(
     State(app): State<Arc<AdminState>>,
     params: Result<Query<EventsParams>, QueryRejection>,
-) -> Answer<EventsPage> {
+) -> Answer<EventsPage<EventJson>> {
     let (params, limit) = page(params, |p| p.limit)?;
     let query = EventQuery {
         ty: params.ty,
@@ -193,12 +193,13 @@ async fn events(
     let events = app.store.events(query).await?;
     let next_after = events.last().map(|e| e.seq).or(params.after);
     Ok(Json(EventsPage {
-        events: events.iter().map(logged_event_view).collect(),
+        events: events.into_iter().map(logged_event_view).collect(),
         next_after,
     }))
 }
 
-fn logged_event_view(logged: &LoggedEvent) -> LoggedEventView {
+/// The answer writes each event as it goes ([`EventJson`]): no tree of its `data`.
+fn logged_event_view(logged: LoggedEvent) -> LoggedEventView<EventJson> {
     let deliveries = logged
         .deliveries
         .iter()
@@ -218,7 +219,7 @@ fn logged_event_view(logged: &LoggedEvent) -> LoggedEventView {
     LoggedEventView {
         seq: logged.seq,
         received_at: rfc3339(logged.received_at_ms),
-        event: logged.event.to_json(),
+        event: EventJson(logged.event),
         deliveries,
     }
 }
@@ -237,7 +238,7 @@ struct DeadLetterParams {
 async fn dead_letters(
     State(app): State<Arc<AdminState>>,
     params: Result<Query<DeadLetterParams>, QueryRejection>,
-) -> Answer<DeadLetterPage> {
+) -> Answer<DeadLetterPage<EventJson>> {
     let (params, limit) = page(params, |p| p.limit)?;
     let query = DeadLetterQuery {
         handler: params.handler,
@@ -249,7 +250,7 @@ async fn dead_letters(
     let letters = app.store.dead_letters(query).await?;
     let next_after = letters.last().map(|l| l.id).or(params.after);
     Ok(Json(DeadLetterPage {
-        deadletters: letters.iter().map(dead_letter_view).collect(),
+        deadletters: letters.into_iter().map(dead_letter_view).collect(),
         next_after,
     }))
 }
@@ -258,7 +259,7 @@ async fn dead_letters(
 async fn dead_letter(
     State(app): State<Arc<AdminState>>,
     Path(id): Path<i64>,
-) -> Answer<DeadLetterView> {
+) -> Answer<DeadLetterView<EventJson>> {
     let query = DeadLetterQuery {
         id: Some(id),
         limit: 1,
@@ -266,7 +267,8 @@ async fn dead_letter(
     };
     let letters = app.store.dead_letters(query).await?;
     letters
-        .first()
+        .into_iter()
+        .next()
         .map(|letter| Json(dead_letter_view(letter)))
         .ok_or_else(|| no_dead_letter(id))
 }
@@ -322,7 +324,7 @@ async fn discard(
     }
 }
 
-fn dead_letter_view(letter: &DeadLetter) -> DeadLetterView {
+fn dead_letter_view(letter: DeadLetter) -> DeadLetterView<EventJson> {
     DeadLetterView {
         id: letter.id,
         handler: letter.handler.clone(),
@@ -330,7 +332,7 @@ fn dead_letter_view(letter: &DeadLetter) -> DeadLetterView {
         attempts: letter.attempts,
         redrives: letter.redrives,
         died_at: rfc3339(letter.died_at_ms),
-        event: letter.event.to_json(),
+        event: EventJson(letter.event),
         errors: letter
             .errors
             .iter()
