@@ -39,6 +39,11 @@ use crate::store::{
 const DEFAULT_EVENTS_LIMIT: u32 = 100;
 /// The most events one `GET /admin/events` returns.
 const MAX_EVENTS_LIMIT: u32 = 1000;
+/// Bytes of event data one page of `GET /admin/events` holds about: the page ends with the
+/// event that reaches it (one at least), before `limit`, and `next_after` goes on from there.
+/// Without it a page of large events would take gigabytes to read and write (1000 events of
+/// up to the 1 MiB body limit each).
+const MAX_PAGE_DATA_BYTES: usize = 32 << 20;
 
 /// The largest module a deploy accepts: interpreted languages ship their runtime inside
 /// the component (a Python handler is tens of MB).
@@ -189,6 +194,7 @@ async fn events(
         subject: params.subject,
         after: params.after,
         limit,
+        data_bytes: Some(MAX_PAGE_DATA_BYTES),
     };
     let events = app.store.events(query).await?;
     let next_after = events.last().map(|e| e.seq).or(params.after);

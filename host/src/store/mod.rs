@@ -196,6 +196,9 @@ pub struct EventQuery {
     /// Only events after this log position.
     pub after: Option<i64>,
     pub limit: u32,
+    /// Stop once the events' data reach this many bytes, the event that reaches it included
+    /// (so one event at least); `None`: no such limit.
+    pub data_bytes: Option<usize>,
 }
 
 /// An event as the log holds it.
@@ -723,5 +726,27 @@ mod tests {
                 .any(|step| step.contains("deliveries_pending_by_key")),
             "{plan:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_page_of_the_log_ends_at_its_data_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Off).unwrap();
+        append_keyed(&store, &vec![None; 10]).await;
+        let page = |after, data_bytes| EventQuery {
+            after: Some(after),
+            limit: 100,
+            data_bytes,
+            ..EventQuery::default()
+        };
+        // 100 KiB each: the third reaches 250 KiB and ends the page.
+        let seqs = |events: Vec<LoggedEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let first = store.events(page(0, Some(250 << 10))).await.unwrap();
+        assert_eq!(seqs(first), [1, 2, 3]);
+        let next = store.events(page(3, Some(250 << 10))).await.unwrap();
+        assert_eq!(seqs(next), [4, 5, 6]);
+        let one = store.events(page(0, Some(1))).await.unwrap();
+        assert_eq!(seqs(one), [1], "one event at least");
+        assert_eq!(store.events(page(0, None)).await.unwrap().len(), 10);
     }
 }

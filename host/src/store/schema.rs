@@ -443,11 +443,31 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<Vec<Logged
             })
         },
     )?;
-    let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut events = up_to_data_bytes(rows, query.data_bytes)?;
     for logged in &mut events {
         logged.deliveries = deliveries_of(conn, logged.seq)?;
     }
     Ok(events)
+}
+
+/// The rows of `rows` until their events' data reach `limit` bytes, the row that reaches it
+/// included. Rows are read one at a time, so nothing past that row is read.
+fn up_to_data_bytes(
+    rows: impl Iterator<Item = rusqlite::Result<LoggedEvent>>,
+    limit: Option<usize>,
+) -> rusqlite::Result<Vec<LoggedEvent>> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        if bytes >= limit && !taken.is_empty() {
+            break;
+        }
+        let row = row?;
+        bytes = bytes.saturating_add(row.event.data().map_or(0, <[u8]>::len));
+        taken.push(row);
+    }
+    Ok(taken)
 }
 
 /// Every delivery of the event at `seq`, with the events each one caused.
