@@ -153,8 +153,11 @@ impl Backlog {
             }
             Read::After { after_id, .. } => {
                 for delivery in found.rows {
-                    if self.running.contains_key(&delivery.id) {
-                        // Read again after a rescan while it runs: it is held already.
+                    if self.running.contains_key(&delivery.id)
+                        || self.waiting.contains_key(&delivery.id)
+                    {
+                        // Read again after a rescan, while it ran or since it ran and waits
+                        // for its retry: it is held already.
                         self.read_up_to = self.read_up_to.max(delivery.id);
                         continue;
                     }
@@ -677,6 +680,46 @@ mod tests {
             assert!(of_key.is_sorted(), "{k:?} out of order: {of_key:?}");
         }
         assert!(sim.peak.0 <= 12, "held {} rows at once", sim.peak.0);
+    }
+
+    /// A rescan whose read stops short of a running delivery, which then fails and waits
+    /// again: read once more, it is still one delivery, and its key moves on once it is done.
+    #[test]
+    fn a_delivery_read_again_after_a_rescan_is_held_once() {
+        let mut deliveries = vec![delivery(1, None), delivery(2, None)];
+        deliveries.extend((3..=20).map(|id| delivery(id, key("k"))));
+        let store = Pending::of(deliveries);
+        let mut backlog = Backlog::default();
+        store.fill(&mut backlog, WIDE);
+        assert!(backlog.start(3));
+        backlog.rescan();
+        let narrow = Window {
+            rows: 2,
+            bytes: 1 << 20,
+        };
+        store.fill(&mut backlog, narrow); // 1 beside the running 3, and no further
+        backlog.again(3, 0);
+        assert!(backlog.start(1));
+        backlog.settled(1);
+        store.fill(&mut backlog, WIDE);
+        // 2, and the first deliveries of `k` (3 among them once).
+        assert_eq!(backlog.len(), 1 + KEY_LOOKAHEAD);
+        let footprints =
+            delivery(2, None).footprint() + KEY_LOOKAHEAD * delivery(3, key("k")).footprint();
+        assert_eq!(backlog.bytes(), footprints);
+        // `k` runs to its end, read by key past the lookahead.
+        let mut store = store;
+        let mut order = Vec::new();
+        while let Some(&id) = select(&backlog, 0, 8, None).start.last() {
+            assert!(backlog.start(id));
+            backlog.settled(id);
+            store.0.remove(&id);
+            order.push(id);
+            store.fill(&mut backlog, WIDE);
+        }
+        order.retain(|id| *id != 2);
+        assert_eq!(order, (3..=20).collect::<Vec<_>>());
+        assert!(backlog.is_empty());
     }
 
     #[test]
