@@ -25,3 +25,4 @@ mod ownership;
 mod polyglot;
 mod producers;
 mod shop;
+mod window;

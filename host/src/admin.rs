@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::access::{AdminToken, Guard};
 use crate::api::{
-    AttemptView, DeadLetterPage, DeadLetterView, DeliveryView, DeployAnswer, EventsPage,
+    AttemptView, DeadLetterPage, DeadLetterView, DeliveryView, DeployAnswer, EventJson, EventsPage,
     HandlerList, HandlerView, LoggedEventView, RedriveAnswer, RemoveAnswer, RollbackAnswer,
     VersionView, rfc3339,
 };
@@ -39,6 +39,11 @@ use crate::store::{
 const DEFAULT_EVENTS_LIMIT: u32 = 100;
 /// The most events one `GET /admin/events` returns.
 const MAX_EVENTS_LIMIT: u32 = 1000;
+/// Bytes of event data one page of `GET /admin/events` holds about: the page ends with the
+/// event that reaches it (one at least), before `limit`, and `next_after` goes on from there.
+/// Without it a page of large events would take gigabytes to read and write (1000 events of
+/// up to the 1 MiB body limit each).
+const MAX_PAGE_DATA_BYTES: usize = 32 << 20;
 
 /// The largest module a deploy accepts: interpreted languages ship their runtime inside
 /// the component (a Python handler is tens of MB).
@@ -189,7 +194,7 @@ struct EventsParams {
 async fn events(
     State(app): State<Arc<AdminState>>,
     params: Result<Query<EventsParams>, QueryRejection>,
-) -> Answer<EventsPage> {
+) -> Answer<EventsPage<EventJson>> {
     let (params, limit) = page(params, |p| p.limit)?;
     let query = EventQuery {
         ty: params.ty,
@@ -197,16 +202,18 @@ async fn events(
         subject: params.subject,
         after: params.after,
         limit,
+        data_bytes: Some(MAX_PAGE_DATA_BYTES),
     };
     let events = app.store.events(query).await?;
     let next_after = events.last().map(|e| e.seq).or(params.after);
     Ok(Json(EventsPage {
-        events: events.iter().map(logged_event_view).collect(),
+        events: events.into_iter().map(logged_event_view).collect(),
         next_after,
     }))
 }
 
-fn logged_event_view(logged: &LoggedEvent) -> LoggedEventView {
+/// The answer writes each event as it goes ([`EventJson`]): no tree of its `data`.
+fn logged_event_view(logged: LoggedEvent) -> LoggedEventView<EventJson> {
     let deliveries = logged
         .deliveries
         .iter()
@@ -226,7 +233,7 @@ fn logged_event_view(logged: &LoggedEvent) -> LoggedEventView {
     LoggedEventView {
         seq: logged.seq,
         received_at: rfc3339(logged.received_at_ms),
-        event: logged.event.to_json(),
+        event: EventJson(logged.event),
         deliveries,
     }
 }
@@ -245,7 +252,7 @@ struct DeadLetterParams {
 async fn dead_letters(
     State(app): State<Arc<AdminState>>,
     params: Result<Query<DeadLetterParams>, QueryRejection>,
-) -> Answer<DeadLetterPage> {
+) -> Answer<DeadLetterPage<EventJson>> {
     let (params, limit) = page(params, |p| p.limit)?;
     let query = DeadLetterQuery {
         handler: params.handler,
@@ -257,7 +264,7 @@ async fn dead_letters(
     let letters = app.store.dead_letters(query).await?;
     let next_after = letters.last().map(|l| l.id).or(params.after);
     Ok(Json(DeadLetterPage {
-        deadletters: letters.iter().map(dead_letter_view).collect(),
+        deadletters: letters.into_iter().map(dead_letter_view).collect(),
         next_after,
     }))
 }
@@ -266,7 +273,7 @@ async fn dead_letters(
 async fn dead_letter(
     State(app): State<Arc<AdminState>>,
     Path(id): Path<i64>,
-) -> Answer<DeadLetterView> {
+) -> Answer<DeadLetterView<EventJson>> {
     let query = DeadLetterQuery {
         id: Some(id),
         limit: 1,
@@ -274,7 +281,8 @@ async fn dead_letter(
     };
     let letters = app.store.dead_letters(query).await?;
     letters
-        .first()
+        .into_iter()
+        .next()
         .map(|letter| Json(dead_letter_view(letter)))
         .ok_or_else(|| no_dead_letter(id))
 }
@@ -330,7 +338,7 @@ async fn discard(
     }
 }
 
-fn dead_letter_view(letter: &DeadLetter) -> DeadLetterView {
+fn dead_letter_view(letter: DeadLetter) -> DeadLetterView<EventJson> {
     DeadLetterView {
         id: letter.id,
         handler: letter.handler.clone(),
@@ -338,7 +346,7 @@ fn dead_letter_view(letter: &DeadLetter) -> DeadLetterView {
         attempts: letter.attempts,
         redrives: letter.redrives,
         died_at: rfc3339(letter.died_at_ms),
-        event: letter.event.to_json(),
+        event: EventJson(letter.event),
         errors: letter
             .errors
             .iter()

@@ -3,11 +3,15 @@
 //! definition, so the API, the CLI and the tests cannot drift apart.
 //!
 //! Times are RFC 3339 strings in UTC with milliseconds; events are in the CloudEvents JSON
-//! format.
+//! format. An answer that carries events is generic in how it holds them: the host writes
+//! each as an [`EventJson`], straight from the stored event, and a client reads it back as
+//! a [`Value`] (the default).
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::event::{DataForm, Event, SPEC_VERSION};
 use crate::name::HandlerName;
 use crate::store::{DeliveryStatus, Origin};
 
@@ -85,19 +89,19 @@ pub struct RemoveAnswer {
 
 /// `GET /admin/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventsPage {
-    pub events: Vec<LoggedEventView>,
+pub struct EventsPage<E = Value> {
+    pub events: Vec<LoggedEventView<E>>,
     /// Pass as `after` for the next page.
     pub next_after: Option<i64>,
 }
 
 /// An event of the log with its deliveries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoggedEventView {
+pub struct LoggedEventView<E = Value> {
     pub seq: i64,
     pub received_at: Option<String>,
     /// The event, CloudEvents JSON format.
-    pub event: Value,
+    pub event: E,
     pub deliveries: Vec<DeliveryView>,
 }
 
@@ -125,14 +129,14 @@ fn is_zero(n: &u32) -> bool {
 
 /// `GET /admin/deadletters`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetterPage {
-    pub deadletters: Vec<DeadLetterView>,
+pub struct DeadLetterPage<E = Value> {
+    pub deadletters: Vec<DeadLetterView<E>>,
     pub next_after: Option<i64>,
 }
 
 /// A delivery that failed for good, with every attempt's error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetterView {
+pub struct DeadLetterView<E = Value> {
     /// The delivery id, which redrive and discard take.
     pub id: i64,
     pub handler: HandlerName,
@@ -140,7 +144,8 @@ pub struct DeadLetterView {
     pub attempts: u32,
     pub redrives: u32,
     pub died_at: Option<String>,
-    pub event: Value,
+    /// The event, CloudEvents JSON format.
+    pub event: E,
     pub errors: Vec<AttemptView>,
 }
 
@@ -192,8 +197,164 @@ pub struct ProblemView {
     pub members: serde_json::Map<String, Value>,
 }
 
+/// An event in the CloudEvents JSON format, written as it is serialized: the same document
+/// as [`Event::to_json`], member for member and in the same order, but JSON `data` goes out
+/// as the text stored ([`DataForm::Json`]) rather than through a tree of it, which costs
+/// many times the event's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventJson(pub Event);
+
+impl Serialize for EventJson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        enum Member<'a> {
+            Text(&'a str),
+            Data(DataForm<'a>),
+        }
+        let event = &self.0;
+        let mut members = vec![
+            ("specversion", Member::Text(SPEC_VERSION)),
+            ("id", Member::Text(event.id())),
+            ("source", Member::Text(event.source())),
+            ("type", Member::Text(event.ty())),
+        ];
+        let optional = [
+            ("datacontenttype", event.datacontenttype()),
+            ("dataschema", event.dataschema()),
+            ("subject", event.subject()),
+            ("time", event.time()),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                members.push((name, Member::Text(value)));
+            }
+        }
+        for (name, value) in event.extensions() {
+            members.push((name.as_str(), Member::Text(value.as_str())));
+        }
+        if let Some(form) = event.data_form() {
+            members.push((form.member(), Member::Data(form)));
+        }
+        // `to_json` builds a map sorted by name; the same order gives the same bytes.
+        members.sort_unstable_by_key(|(name, _)| *name);
+        let mut map = serializer.serialize_map(Some(members.len()))?;
+        for (name, member) in members {
+            match member {
+                Member::Text(text) | Member::Data(DataForm::Text(text)) => {
+                    map.serialize_entry(name, text)?
+                }
+                Member::Data(DataForm::Json(raw)) => map.serialize_entry(name, raw)?,
+                Member::Data(DataForm::Base64(bytes)) => {
+                    use base64::engine::general_purpose::STANDARD;
+                    let encoded = base64::display::Base64Display::new(bytes, &STANDARD);
+                    map.serialize_key(name)?;
+                    map.serialize_value(&Collected(&encoded))?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+/// A value serialized as the string its `Display` writes, without building that string.
+struct Collected<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> Serialize for Collected<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
 /// A time in the API's format.
 pub fn rfc3339(unix_ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(unix_ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(datacontenttype: Option<&str>, data: &[u8]) -> Event {
+        Event::builder("e-1", "/shop", "com.example.t.v1")
+            .data(datacontenttype, data)
+            .build()
+            .expect("a valid event")
+    }
+
+    /// What the answer holds, as bytes, and what it held before it was written as it goes.
+    fn written(event: &Event) -> (String, String) {
+        let streamed = serde_json::to_string(&EventJson(event.clone())).unwrap();
+        let tree = serde_json::to_string(&event.to_json()).unwrap();
+        (streamed, tree)
+    }
+
+    #[test]
+    fn an_event_is_written_byte_for_byte_as_its_tree_was() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let events = [
+            event(
+                Some("application/json"),
+                br#"{"a":1,"b":[true,null,"x\"y"],"c":{"d":-0.5}}"#,
+            ),
+            event(None, br#"[1,2,3]"#),
+            event(
+                Some("text/plain; charset=utf-8"),
+                "h\u{e9}llo \"there\"\n".as_bytes(),
+            ),
+            event(Some("application/octet-stream"), &[0, 159, 146, 150, 255]),
+            // JSON content types whose bytes a client could not read back as a value travel
+            // as base64, as before: not JSON, `null`, out of range, too deep, a lone
+            // surrogate, not UTF-8.
+            event(Some("application/json"), b"{not json"),
+            event(Some("application/json"), b"null"),
+            event(Some("application/json"), b"1e400"),
+            event(Some("application/json"), deep.as_bytes()),
+            event(Some("application/json"), br#""\ud800""#),
+            event(Some("application/json"), &[b'"', 0xff, b'"']),
+            Event::builder("e-2", "/shop", "com.example.t.v1")
+                .subject("s-1")
+                .time("2026-01-02T03:04:05Z")
+                .dataschema("https://example.com/schema")
+                .extension("aaa", "first")
+                .extension("partitionkey", "k-1")
+                .extension("zzz", "last")
+                .build()
+                .unwrap(),
+        ];
+        for event in &events {
+            let (streamed, tree) = written(event);
+            assert_eq!(streamed, tree, "{event:?}");
+        }
+    }
+
+    /// JSON data as the producer wrote it (spacing, member order, digits) is written as it
+    /// is: the same document for a client, which reads it back to the same value.
+    #[test]
+    fn json_data_is_written_as_stored_and_reads_back_the_same() {
+        let data = br#" { "z": 1, "a": [ 1.0, 12345678901234567890123 ],
+            "m": {"k": "v"} } "#;
+        let event = event(None, data);
+        let (streamed, tree) = written(&event);
+        let trimmed = std::str::from_utf8(data).unwrap().trim();
+        assert!(
+            streamed.contains(&format!(r#""data":{trimmed}"#)),
+            "{streamed}"
+        );
+        let streamed: Value = serde_json::from_str(&streamed).unwrap();
+        let tree: Value = serde_json::from_str(&tree).unwrap();
+        assert_eq!(streamed, tree);
+
+        // And the page around it reads back as the client's type.
+        let page = EventsPage {
+            events: vec![LoggedEventView {
+                seq: 1,
+                received_at: rfc3339(0),
+                event: EventJson(event.clone()),
+                deliveries: Vec::new(),
+            }],
+            next_after: Some(1),
+        };
+        let read: EventsPage = serde_json::from_slice(&serde_json::to_vec(&page).unwrap()).unwrap();
+        assert_eq!(read.events[0].event, event.to_json());
+    }
 }

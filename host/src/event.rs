@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use fluent_uri::{Uri, UriRef};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// The only CloudEvents version evhost accepts.
@@ -376,11 +378,120 @@ impl Event {
         for (name, value) in &self.extensions {
             json.insert(name.clone(), value.clone().into());
         }
-        if let Some(data) = &self.data {
-            let (member, value) = data_member(self.datacontenttype.as_deref(), data);
+        if let (Some(form), Some(data)) = (self.data_form(), &self.data) {
+            let (member, value) = match form {
+                DataForm::Json(raw) => match serde_json::from_str(raw.get()) {
+                    Ok(value) => (form.member(), value),
+                    // Not reached: `data_form` checked that it parses. Base64 carries any bytes.
+                    Err(_) => ("data_base64", BASE64.encode(data).into()),
+                },
+                DataForm::Text(text) => (form.member(), text.into()),
+                DataForm::Base64(bytes) => (form.member(), BASE64.encode(bytes).into()),
+            };
             json.insert(member.into(), value);
         }
         Value::Object(json)
+    }
+
+    /// How the CloudEvents JSON format carries `data`, decided without building a tree of it
+    /// (see [`Event::to_json`]), so that a large event can be written out as it is.
+    pub fn data_form(&self) -> Option<DataForm<'_>> {
+        let data = self.data.as_deref()?;
+        if self.datacontenttype.as_deref().is_none_or(is_json_media_type)
+            && serde_json::from_slice::<JsonValueCheck>(data).is_ok()
+            && let Ok(raw) = serde_json::from_slice::<&RawValue>(data)
+            // A JSON `null` would read back as "no data", so it travels as base64 to come
+            // back as the four bytes it is.
+            && raw.get() != "null"
+        {
+            return Some(DataForm::Json(raw));
+        }
+        if self
+            .datacontenttype
+            .as_deref()
+            .is_some_and(is_text_media_type)
+            && let Ok(text) = std::str::from_utf8(data)
+        {
+            return Some(DataForm::Text(text));
+        }
+        Some(DataForm::Base64(data))
+    }
+}
+
+/// How the CloudEvents JSON format carries an event's `data` ([`Event::data_form`]).
+#[derive(Debug, Clone, Copy)]
+pub enum DataForm<'a> {
+    /// As `data`, a JSON value: this JSON text, the stored bytes without the whitespace
+    /// around them.
+    Json(&'a RawValue),
+    /// As `data`, a JSON string of this text.
+    Text(&'a str),
+    /// As `data_base64`, the only form that carries any bytes unchanged.
+    Base64(&'a [u8]),
+}
+
+impl DataForm<'_> {
+    /// The member of the JSON format that carries it.
+    pub fn member(&self) -> &'static str {
+        match self {
+            DataForm::Json(_) | DataForm::Text(_) => "data",
+            DataForm::Base64(_) => "data_base64",
+        }
+    }
+}
+
+/// Accepts exactly the JSON text that parses into a [`Value`] (the same parser, so the same
+/// nesting limit, number range and string rules) and builds nothing: JSON `data` is
+/// written out as its text only when a client can read it back as a value.
+struct JsonValueCheck;
+
+impl<'de> Deserialize<'de> for JsonValueCheck {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonValueCheck)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonValueCheck {
+    type Value = JsonValueCheck;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<JsonValueCheck>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_key::<JsonValueCheck>()?.is_some() {
+            map.next_value::<JsonValueCheck>()?;
+        }
+        Ok(self)
     }
 }
 
@@ -395,23 +506,6 @@ pub(crate) const CONTEXT_ATTRIBUTES: [&str; 8] = [
     "subject",
     "time",
 ];
-
-fn data_member(datacontenttype: Option<&str>, data: &[u8]) -> (&'static str, Value) {
-    if datacontenttype.is_none_or(is_json_media_type) {
-        match serde_json::from_slice::<Value>(data) {
-            // A JSON `null` would read back as "no data", so it travels as base64 to come
-            // back as the four bytes it is.
-            Ok(Value::Null) | Err(_) => {}
-            Ok(value) => return ("data", value),
-        }
-    }
-    if datacontenttype.is_some_and(is_text_media_type)
-        && let Ok(text) = std::str::from_utf8(data)
-    {
-        return ("data", text.into());
-    }
-    ("data_base64", BASE64.encode(data).into())
-}
 
 /// Whether a media type is JSON: `application/json`, `text/json` or any `+json` structured
 /// syntax suffix, compared case-insensitively and without parameters. For these the JSON

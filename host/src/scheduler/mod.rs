@@ -2,10 +2,11 @@
 //!
 //! One worker task per live handler reads the handler's pending deliveries from the store
 //! (pending work lives there, not in memory queues, so it survives a restart and memory stays
-//! bounded), asks [`select`] which of them the rules let start now, runs each on the Wasm
-//! threads, and hands each outcome to the store: a success commits the handler's effects with
-//! the delivery, a failure records the error and schedules a retry with backoff or
-//! dead-letters the delivery. Only the scheduler settles deliveries.
+//! bounded) into a window bounded in rows and bytes that holds no events ([`Backlog`]), asks
+//! [`select`] which of them the rules let start now, runs each on the Wasm threads (reading
+//! its event from the store as it starts), and hands each outcome to the store: a success
+//! commits the handler's effects with the delivery, a failure records the error and schedules
+//! a retry with backoff or dead-letters the delivery. Only the scheduler settles deliveries.
 //!
 //! The rules themselves (concurrency, key FIFO, serial, due times, rate) are the pure
 //! function in [`select`]; this module is the I/O around it. Time comes from the host's
@@ -21,7 +22,7 @@
 
 mod select;
 
-pub use select::{Backlog, Selection, TokenBucket, select};
+pub use select::{Backlog, KEY_LOOKAHEAD, Read, Selection, TokenBucket, Window, select};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,9 +39,16 @@ use crate::name::HandlerName;
 use crate::runtime::{DeployedHandler, InvokeError, Runtime};
 use crate::store::{Commit, Committed, Failure, PendingDelivery, Store, StoreResult};
 
-/// Pending deliveries read per look at the store, beyond the handler's concurrency. Deeper
-/// windows let more keys proceed past a blocked one, at the cost of a larger read.
-const MIN_WINDOW: u32 = 256;
+/// Pending deliveries a worker holds at least (it holds four times its handler's concurrency
+/// if that is more), so that when some wait for a retry or behind their key, others are at
+/// hand to fill the permits. Beyond it they stay in the store until room is made.
+const MIN_WINDOW_ROWS: usize = 256;
+
+/// Bytes of pending deliveries (their [`crate::store::QueuedDelivery::footprint`]s: ids,
+/// keys and due times, no events) a worker holds at most; beyond it they stay in the store
+/// until room is made. A window of small keys stays far below it (256 rows of 32-byte keys
+/// are about 50 KiB); it bounds a handler whose keys are long.
+const WINDOW_BYTES: usize = 1 << 20;
 
 /// Times one delivery is re-run because the state it read changed before its commit; past
 /// this the conflict counts as a failed attempt (a key that hot is a design problem).
@@ -68,7 +76,7 @@ enum AfterRun {
 }
 
 struct Finished {
-    delivery: PendingDelivery,
+    id: i64,
     after: AfterRun,
 }
 
@@ -184,7 +192,7 @@ impl Scheduler {
         }
     }
 
-    /// Read what is new in the store, start every delivery the rules allow now, and return
+    /// Fill the window from the store, start every delivery the rules allow now, and return
     /// when to look again at the latest.
     async fn dispatch(
         self: &Arc<Self>,
@@ -197,26 +205,22 @@ impl Scheduler {
         if slot.take_rescan() {
             backlog.rescan();
         }
-        let window = MIN_WINDOW.max(deployed.settings().concurrency * 4) as usize;
-        let room = window.saturating_sub(backlog.len());
-        if room > 0 {
-            let fresh = self
-                .store
-                .pending(deployed.name(), backlog.read_up_to(), room as u32)
-                .await?;
-            backlog.add(fresh);
-        }
+        let window = Window {
+            rows: MIN_WINDOW_ROWS.max(deployed.settings().concurrency as usize * 4),
+            bytes: WINDOW_BYTES,
+        };
+        self.fill(deployed.name(), backlog, window).await?;
 
         let free_permits = slot.permits().available_permits();
         let now = self.clock.now_ms();
         let selection = select(backlog, now, free_permits, bucket.as_deref_mut());
         for id in selection.start {
-            let Some(delivery) = backlog.start(id) else {
+            if !backlog.start(id) {
                 continue;
-            };
+            }
             let Ok(permit) = slot.permits().clone().try_acquire_owned() else {
                 // Permits shrank under a redeploy: it waits for the next round.
-                backlog.unstart(delivery);
+                backlog.unstart(id);
                 if let Some(bucket) = bucket.as_deref_mut() {
                     bucket.give_back();
                 }
@@ -225,13 +229,72 @@ impl Scheduler {
             let scheduler = self.clone();
             let (deployed, slot, finished) = (deployed.clone(), slot.clone(), finished.clone());
             self.runtime.spawn(async move {
-                let (delivery, after) = scheduler.run_delivery(deployed, &slot, delivery).await;
+                let after = scheduler.run_queued(deployed, &slot, id).await;
                 drop(permit);
                 // The worker may be gone (handler removed); then nobody needs the report.
-                drop(finished.send(Finished { delivery, after }));
+                drop(finished.send(Finished { id, after }));
             });
         }
         Ok(selection.wake_at)
+    }
+
+    /// Read into `backlog` what its window has room for: the next deliveries of keys it read
+    /// past, then what was appended since the last read.
+    async fn fill(
+        &self,
+        handler: &HandlerName,
+        backlog: &mut Backlog,
+        window: Window,
+    ) -> StoreResult<()> {
+        while let Some(read) = backlog.next_read(window) {
+            let found = match &read {
+                Read::Key {
+                    key,
+                    up_to_id,
+                    rows,
+                    bytes,
+                } => {
+                    self.store
+                        .queued_of_key(handler, key, *up_to_id, *rows, *bytes)
+                        .await?
+                }
+                Read::After {
+                    after_id,
+                    rows,
+                    bytes,
+                } => self.store.queued(handler, *after_id, *rows, *bytes).await?,
+            };
+            if !backlog.took(read, found, window) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read delivery `id` with its event, run it, and say what became of it. The event is
+    /// read only now, under the handler's permit, so that the events in memory are those of
+    /// the invocations running, whatever waits.
+    async fn run_queued(
+        &self,
+        deployed: Arc<DeployedHandler>,
+        slot: &Arc<HandlerSlot>,
+        id: i64,
+    ) -> AfterRun {
+        match self.store.pending_delivery(deployed.name(), id).await {
+            Ok(Some(delivery)) => self.run_delivery(deployed, slot, delivery).await.1,
+            // Settled since it was read (a removal dead-lettered it): nothing left to run.
+            Ok(None) => AfterRun::Settled,
+            Err(err) => {
+                tracing::error!(
+                    handler = deployed.name().as_str(),
+                    delivery = id,
+                    error = %err,
+                    "failed to read a delivery's event"
+                );
+                let not_before_ms = self.clock.now_ms() + STORE_ERROR_PAUSE.as_millis() as i64;
+                AfterRun::Again { not_before_ms }
+            }
+        }
     }
 
     /// Invoke the handler for one delivery and settle the outcome in the store; hand the
@@ -405,10 +468,10 @@ impl Scheduler {
     }
 }
 
-fn record(backlog: &mut Backlog, Finished { delivery, after }: Finished) {
+fn record(backlog: &mut Backlog, Finished { id, after }: Finished) {
     match after {
-        AfterRun::Settled => backlog.settled(delivery.id),
-        AfterRun::Again { not_before_ms } => backlog.again(delivery, not_before_ms),
+        AfterRun::Settled => backlog.settled(id),
+        AfterRun::Again { not_before_ms } => backlog.again(id, not_before_ms),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The store: the event log, deliveries, handler state, all in one SQLite database.
 //!
 //! Ingress hands it validated events with their routed deliveries ([`Store::append`]); the
-//! scheduler reads pending deliveries ([`Store::pending`]) and hands back each invocation's
+//! scheduler reads pending deliveries without their events ([`Store::queued`]), the event of
+//! each one it starts ([`Store::pending_delivery`]), and hands back each invocation's
 //! outcome ([`Store::commit`] or [`Store::fail`]). Handler state is read only through
 //! [`StateReader`], which the `state` capability scopes to one handler.
 //!
@@ -88,6 +89,70 @@ pub struct PendingDelivery {
     pub event: Event,
 }
 
+/// A pending delivery as the scheduler's window holds it: what the ordering rules and due
+/// times need, without the event, which is read only when the delivery starts
+/// ([`Store::pending_delivery`]), so that what waits costs a few bytes, not the event's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedDelivery {
+    pub id: i64,
+    pub ordering_key: Option<OrderingKey>,
+    /// Unix milliseconds before which it must not run (0 = now).
+    pub not_before_ms: i64,
+}
+
+/// The fixed part of [`QueuedDelivery::footprint`]: the row and its entries in the window's
+/// maps, rounded up.
+const QUEUED_ROW_BYTES: usize = 128;
+
+impl QueuedDelivery {
+    /// About what holding it in memory costs: the row, its entries in the window's maps, and
+    /// two copies of its ordering key (the row's and the window's count per key). The key is
+    /// the only part that grows: an attribute can be as long as the event is.
+    pub fn footprint(&self) -> usize {
+        let key = match &self.ordering_key {
+            Some(OrderingKey::Key(key)) => key.len(),
+            Some(OrderingKey::Serial) | None => 0,
+        };
+        QUEUED_ROW_BYTES + 2 * key
+    }
+}
+
+/// What one read of queued deliveries found, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Queued {
+    pub rows: Vec<QueuedDelivery>,
+    /// The read saw every row that matched; `false` when it stopped at its row or byte limit
+    /// (or took exactly `rows`), so that more may follow.
+    pub complete: bool,
+}
+
+impl Queued {
+    /// Take rows, oldest first, up to `limit` of them, until their
+    /// [`QueuedDelivery::footprint`]s reach `bytes`: the row that reaches it is taken, so a
+    /// read takes one row at least (a delivery whose key alone is larger than the budget must
+    /// still be read to run) and goes past `bytes` by less than one row. The one place a
+    /// window read's limits are applied, so that the store and a model of it stop at the
+    /// same row.
+    pub fn take<E>(
+        rows: impl IntoIterator<Item = std::result::Result<QueuedDelivery, E>>,
+        limit: u32,
+        bytes: usize,
+    ) -> std::result::Result<Queued, E> {
+        let mut queued = Queued::default();
+        let mut total = 0usize;
+        for row in rows {
+            if queued.rows.len() >= limit as usize || (total >= bytes && !queued.rows.is_empty()) {
+                return Ok(queued);
+            }
+            let row = row?;
+            total += row.footprint();
+            queued.rows.push(row);
+        }
+        queued.complete = queued.rows.len() < limit as usize;
+        Ok(queued)
+    }
+}
+
 /// One state change staged by an invocation; `None` deletes the key.
 pub type StateWrite = (String, Option<Vec<u8>>);
 
@@ -133,6 +198,9 @@ pub struct EventQuery {
     /// Only events after this log position.
     pub after: Option<i64>,
     pub limit: u32,
+    /// Stop once the events' data reach this many bytes, the event that reaches it included
+    /// (so one event at least); `None`: no such limit.
+    pub data_bytes: Option<usize>,
 }
 
 /// An event as the log holds it.
@@ -405,6 +473,47 @@ impl Store {
             .await
     }
 
+    /// Up to `limit` pending deliveries of `handler` with an id above `after_id`, oldest
+    /// first, due or not, without their events; the read stops at `bytes` (see
+    /// [`Queued::take`]).
+    pub async fn queued(
+        &self,
+        handler: &HandlerName,
+        after_id: i64,
+        limit: u32,
+        bytes: usize,
+    ) -> StoreResult<Queued> {
+        let handler = handler.clone();
+        self.read(move |conn| schema::queued(conn, &handler, after_id, limit, bytes))
+            .await
+    }
+
+    /// Like [`Store::queued`], for the pending deliveries of `handler` with the ordering key
+    /// `key` and an id up to `up_to_id`: the next ones of a key a window read passed over.
+    pub async fn queued_of_key(
+        &self,
+        handler: &HandlerName,
+        key: &OrderingKey,
+        up_to_id: i64,
+        limit: u32,
+        bytes: usize,
+    ) -> StoreResult<Queued> {
+        let (handler, key) = (handler.clone(), key.clone());
+        self.read(move |conn| schema::queued_of_key(conn, &handler, &key, up_to_id, limit, bytes))
+            .await
+    }
+
+    /// The delivery `id` of `handler` with its event, if it is still pending.
+    pub async fn pending_delivery(
+        &self,
+        handler: &HandlerName,
+        id: i64,
+    ) -> StoreResult<Option<PendingDelivery>> {
+        let handler = handler.clone();
+        self.read(move |conn| schema::pending_delivery(conn, &handler, id))
+            .await
+    }
+
     /// How many deliveries are pending per handler (for back-pressure after a restart).
     pub async fn pending_counts(&self) -> StoreResult<Vec<(HandlerName, u64)>> {
         self.read(|conn| schema::counts_by_handler(conn, "pending"))
@@ -542,4 +651,150 @@ fn poisoned() -> anyhow::Error {
 /// Milliseconds since the Unix epoch, the store's clock.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::NewDelivery;
+
+    fn handler() -> HandlerName {
+        HandlerName::new("h").unwrap()
+    }
+
+    /// Append one event per key (`None`: unkeyed), each with 100 KiB of data.
+    async fn append_keyed(store: &Store, keys: &[Option<String>]) {
+        let routed = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| Routed {
+                event: Event::builder(format!("e{i}"), "/t", "t.v1")
+                    .data(Some("application/octet-stream"), vec![7u8; 100 << 10])
+                    .build()
+                    .unwrap(),
+                deliveries: vec![NewDelivery {
+                    handler: handler(),
+                    ordering_key: key.clone().map(OrderingKey::Key),
+                }],
+            })
+            .collect();
+        store.append(routed).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_window_read_stops_at_its_byte_budget_and_reads_no_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Off).unwrap();
+        let long_key = |i: usize| Some(format!("{i:0>4096}"));
+        append_keyed(&store, &(0..50).map(long_key).collect::<Vec<_>>()).await;
+        let footprint = QueuedDelivery {
+            id: 1,
+            ordering_key: long_key(0).map(OrderingKey::Key),
+            not_before_ms: 0,
+        }
+        .footprint();
+
+        // Rows up to the budget, the one that reaches it included, whatever the data's size.
+        let queued = store
+            .queued(&handler(), 0, 100, 5 * footprint)
+            .await
+            .unwrap();
+        assert_eq!(queued.rows.len(), 5);
+        assert!(!queued.complete);
+        let ids: Vec<i64> = queued.rows.iter().map(|d| d.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
+        let queued = store.queued(&handler(), 5, 100, 1).await.unwrap();
+        assert_eq!(queued.rows.len(), 1, "one row at least");
+        // The row limit, and the end.
+        let queued = store.queued(&handler(), 40, 5, usize::MAX).await.unwrap();
+        assert_eq!((queued.rows.len(), queued.complete), (5, false));
+        let queued = store.queued(&handler(), 45, 100, usize::MAX).await.unwrap();
+        assert_eq!((queued.rows.len(), queued.complete), (5, true));
+
+        // The event is read as the delivery starts.
+        let delivery = store
+            .pending_delivery(&handler(), 3)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(delivery.event.id(), "e2");
+        assert_eq!(delivery.event.data().map(<[u8]>::len), Some(100 << 10));
+    }
+
+    #[tokio::test]
+    async fn the_next_deliveries_of_a_key_are_read_by_key_and_only_while_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Off).unwrap();
+        let k = || Some("k".to_owned());
+        let keys = [k(), Some("l".to_owned()), None, k(), k(), k()];
+        append_keyed(&store, &keys).await;
+        let key = OrderingKey::Key("k".into());
+        let of_k = |queued: Queued| queued.rows.iter().map(|d| d.id).collect::<Vec<_>>();
+        let h = handler();
+        let queued = store.queued_of_key(&h, &key, 5, 10, usize::MAX).await;
+        assert_eq!(of_k(queued.unwrap()), [1, 4, 5]);
+
+        store
+            .fail(Failure {
+                delivery_id: 1,
+                error: "no".into(),
+                retry_at_ms: None,
+            })
+            .await
+            .unwrap();
+        let queued = store
+            .queued_of_key(&h, &key, 6, 2, usize::MAX)
+            .await
+            .unwrap();
+        assert!(!queued.complete);
+        assert_eq!(of_k(queued), [4, 5]);
+        assert!(
+            store
+                .pending_delivery(&handler(), 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // By the index, not by a scan of the handler's pending deliveries.
+        let plan: Vec<String> = store
+            .read(|conn| {
+                let mut stmt = conn.prepare(
+                    "EXPLAIN QUERY PLAN SELECT id, ordering_key, not_before FROM deliveries \
+                     WHERE handler = ?1 AND status = 'pending' AND ordering_key = ?2 \
+                     AND id <= ?3 ORDER BY id LIMIT ?4",
+                )?;
+                let rows = stmt.query_map(params!["h", "k", 6, 2], |row| row.get(3))?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            })
+            .await
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("deliveries_pending_by_key")),
+            "{plan:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_page_of_the_log_ends_at_its_data_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Durability::Off).unwrap();
+        append_keyed(&store, &vec![None; 10]).await;
+        let page = |after, data_bytes| EventQuery {
+            after: Some(after),
+            limit: 100,
+            data_bytes,
+            ..EventQuery::default()
+        };
+        // 100 KiB each: the third reaches 250 KiB and ends the page.
+        let seqs = |events: Vec<LoggedEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let first = store.events(page(0, Some(250 << 10))).await.unwrap();
+        assert_eq!(seqs(first), [1, 2, 3]);
+        let next = store.events(page(3, Some(250 << 10))).await.unwrap();
+        assert_eq!(seqs(next), [4, 5, 6]);
+        let one = store.events(page(0, Some(1))).await.unwrap();
+        assert_eq!(seqs(one), [1], "one event at least");
+        assert_eq!(store.events(page(0, None)).await.unwrap().len(), 10);
+    }
 }

@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     Appended, Attempt, Commit, Committed, DeadLetter, DeadLetterQuery, DeliveryStatus, Durability,
-    EventQuery, Failure, LoggedDelivery, LoggedEvent, PendingDelivery, RedriveTarget, now_ms,
+    EventQuery, Failure, LoggedDelivery, LoggedEvent, PendingDelivery, Queued, QueuedDelivery,
+    RedriveTarget, now_ms,
 };
 use crate::event::{Event, EventBuilder};
 use crate::name::HandlerName;
@@ -52,6 +53,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     UNIQUE (event_seq, handler)
 );
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (handler, id) WHERE status = 'pending';
+-- The next pending deliveries of one ordering key, which the scheduler reads when a key's
+-- deliveries in its window are done and it had read past the key's later ones.
+CREATE INDEX IF NOT EXISTS deliveries_pending_by_key ON deliveries (handler, ordering_key, id)
+    WHERE status = 'pending' AND ordering_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_seq);
 CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (handler, id) WHERE status = 'dead';
 
@@ -298,6 +303,21 @@ pub(super) fn stored_name(name: String) -> Result<HandlerName> {
     HandlerName::new(name).context("the store holds an invalid handler name")
 }
 
+const PENDING_COLUMNS: &str = "d.id, d.ordering_key, d.attempts, d.not_before";
+
+/// Read a [`PendingDelivery`] from a row of [`PENDING_COLUMNS`] then [`EVENT_COLUMNS`].
+fn pending_from_row(row: &Row<'_>, handler: &HandlerName) -> rusqlite::Result<PendingDelivery> {
+    Ok(PendingDelivery {
+        id: row.get(0)?,
+        ordering_key: key_from_stored(row.get(1)?),
+        attempts: row.get(2)?,
+        not_before_ms: row.get(3)?,
+        seq: row.get(4)?,
+        event: event_from_row(row, 4)?,
+        handler: handler.clone(),
+    })
+}
+
 pub(super) fn pending(
     conn: &Connection,
     handler: &HandlerName,
@@ -305,23 +325,80 @@ pub(super) fn pending(
     limit: u32,
 ) -> Result<Vec<PendingDelivery>> {
     let sql = format!(
-        "SELECT d.id, d.ordering_key, d.attempts, d.not_before, {EVENT_COLUMNS} \
+        "SELECT {PENDING_COLUMNS}, {EVENT_COLUMNS} \
          FROM deliveries d JOIN events e ON e.seq = d.event_seq \
          WHERE d.handler = ?1 AND d.status = 'pending' AND d.id > ?3 ORDER BY d.id LIMIT ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![handler.as_str(), limit, after_id], |row| {
-        Ok(PendingDelivery {
-            id: row.get(0)?,
-            ordering_key: key_from_stored(row.get(1)?),
-            attempts: row.get(2)?,
-            not_before_ms: row.get(3)?,
-            seq: row.get(4)?,
-            event: event_from_row(row, 4)?,
-            handler: handler.clone(),
-        })
+        pending_from_row(row, handler)
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(super) fn pending_delivery(
+    conn: &Connection,
+    handler: &HandlerName,
+    id: i64,
+) -> Result<Option<PendingDelivery>> {
+    let sql = format!(
+        "SELECT {PENDING_COLUMNS}, {EVENT_COLUMNS} \
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+         WHERE d.id = ?1 AND d.handler = ?2 AND d.status = 'pending'"
+    );
+    let delivery = conn
+        .prepare_cached(&sql)?
+        .query_row(params![id, handler.as_str()], |row| {
+            pending_from_row(row, handler)
+        })
+        .optional()?;
+    Ok(delivery)
+}
+
+/// A [`QueuedDelivery`] from a row of `id, ordering_key, not_before`.
+fn queued_from_row(row: &Row<'_>) -> rusqlite::Result<QueuedDelivery> {
+    Ok(QueuedDelivery {
+        id: row.get(0)?,
+        ordering_key: key_from_stored(row.get(1)?),
+        not_before_ms: row.get(2)?,
+    })
+}
+
+/// Rows are read one at a time, so that the read stops at its byte budget without having
+/// read further (see [`Queued::take`]).
+pub(super) fn queued(
+    conn: &Connection,
+    handler: &HandlerName,
+    after_id: i64,
+    limit: u32,
+    bytes: usize,
+) -> Result<Queued> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, ordering_key, not_before FROM deliveries \
+         WHERE handler = ?1 AND status = 'pending' AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![handler.as_str(), after_id, limit], queued_from_row)?;
+    Ok(Queued::take(rows, limit, bytes)?)
+}
+
+pub(super) fn queued_of_key(
+    conn: &Connection,
+    handler: &HandlerName,
+    key: &OrderingKey,
+    up_to_id: i64,
+    limit: u32,
+    bytes: usize,
+) -> Result<Queued> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, ordering_key, not_before FROM deliveries \
+         WHERE handler = ?1 AND status = 'pending' AND ordering_key = ?2 AND id <= ?3 \
+         ORDER BY id LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(
+        params![handler.as_str(), stored_key(key), up_to_id, limit],
+        queued_from_row,
+    )?;
+    Ok(Queued::take(rows, limit, bytes)?)
 }
 
 pub(super) fn counts_by_handler(
@@ -366,11 +443,31 @@ pub(super) fn events(conn: &Connection, query: &EventQuery) -> Result<Vec<Logged
             })
         },
     )?;
-    let mut events = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut events = up_to_data_bytes(rows, query.data_bytes)?;
     for logged in &mut events {
         logged.deliveries = deliveries_of(conn, logged.seq)?;
     }
     Ok(events)
+}
+
+/// The rows of `rows` until their events' data reach `limit` bytes, the row that reaches it
+/// included. Rows are read one at a time, so nothing past that row is read.
+fn up_to_data_bytes(
+    rows: impl Iterator<Item = rusqlite::Result<LoggedEvent>>,
+    limit: Option<usize>,
+) -> rusqlite::Result<Vec<LoggedEvent>> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        if bytes >= limit && !taken.is_empty() {
+            break;
+        }
+        let row = row?;
+        bytes = bytes.saturating_add(row.event.data().map_or(0, <[u8]>::len));
+        taken.push(row);
+    }
+    Ok(taken)
 }
 
 /// Every delivery of the event at `seq`, with the events each one caused.
