@@ -484,3 +484,65 @@ async fn watch_redeploys_a_handler_when_its_module_file_changes() {
         "misbehave's mark of a normal event"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_of_a_removed_handler_waits_for_its_redeploy_and_counts_stay_true() {
+    let host = TestHost::start(one_handler_app("other", "recorder", &["test.other.v1"], "")).await;
+    let config = Some(format!(
+        "{}max_pending = 3\n",
+        settings("v1", &["test.work.v1"])
+    ));
+    assert_eq!(
+        put_handler(&host, "worker", module("recorder"), config.clone())
+            .await
+            .status(),
+        201
+    );
+    let poison = event("poison-1", "test.work.v1", json!({"fail": "reject"}));
+    assert_eq!(host.post_structured(&poison).await.status(), 202);
+    let dead = host.wait_dead("poison-1", "worker", WAIT).await;
+    assert_eq!(host.delete("/admin/handlers/worker").await.status(), 200);
+
+    // Its handler is gone: nothing to run it, and nothing is changed.
+    let refused = host
+        .post(&format!("/admin/deadletters/{}/redrive", dead.id))
+        .await;
+    assert_eq!(refused.status(), 409);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`worker`, which is not deployed"),
+        "{problem}"
+    );
+    assert_eq!(
+        host.delivery_to("poison-1", "worker").await.status,
+        evhost::store::DeliveryStatus::Dead
+    );
+
+    // Deployed again, its queue counts what is really there: events fill it to its limit
+    // and no further, and drain to zero.
+    assert_eq!(
+        put_handler(&host, "worker", module("recorder"), config)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(host.handler_info("worker").await.pending, 0);
+    for i in 0..3 {
+        let ok = event(&format!("ok-{i}"), "test.work.v1", json!({"sleep_ms": 300}));
+        assert_eq!(host.post_structured(&ok).await.status(), 202, "ok-{i}");
+    }
+    host.wait_idle(WAIT).await;
+    assert_eq!(host.handler_info("worker").await.pending, 0);
+    // Now the dead letter can go back.
+    let redriven = host
+        .post(&format!("/admin/deadletters/{}/redrive", dead.id))
+        .await;
+    assert_eq!(redriven.status(), 200);
+    let again = host.wait_dead("poison-1", "worker", WAIT).await;
+    assert_eq!(again.id, dead.id);
+    host.wait_idle(WAIT).await;
+    assert_eq!(host.handler_info("worker").await.pending, 0);
+}

@@ -291,7 +291,23 @@ async fn dead_letter(
 async fn redrive(State(app): State<Arc<AdminState>>, Path(id): Path<i64>) -> Answer<RedriveAnswer> {
     let redriven = redrive_target(&app, RedriveTarget::Delivery(id)).await?;
     if redriven == 0 {
-        return Err(no_dead_letter(id));
+        // Not redriven: no such dead letter, or its handler is not deployed (the store
+        // redrives only deliveries of deployed handlers). Say which.
+        let query = DeadLetterQuery {
+            id: Some(id),
+            limit: 1,
+            ..DeadLetterQuery::default()
+        };
+        return Err(
+            match app.store.dead_letters(query).await?.into_iter().next() {
+                Some(letter) => AdminError::Conflict(format!(
+                    "dead letter {id} is for handler `{}`, which is not deployed: deploy it, then \
+                 redrive",
+                    letter.handler
+                )),
+                None => no_dead_letter(id),
+            },
+        );
     }
     Ok(Json(RedriveAnswer { redriven }))
 }

@@ -228,9 +228,15 @@ pub(super) fn redrive(
     target: &RedriveTarget,
     now: i64,
 ) -> Result<Vec<HandlerName>> {
+    // Only deliveries of deployed handlers: a pending delivery of a removed handler would have
+    // no worker and no queue to count it, and the next deploy of that name would inherit it
+    // uncounted. Checked here, in the writer's transaction, so that a removal committed just
+    // before cannot slip between a check and the update.
     let sql = "UPDATE deliveries SET status = 'pending', attempts = 0, not_before = 0, \
                redrives = redrives + 1, updated_at = ?3 \
-               WHERE status = 'dead' AND (id = ?1 OR handler = ?2) RETURNING handler";
+               WHERE status = 'dead' AND (id = ?1 OR handler = ?2) \
+               AND handler IN (SELECT handler FROM handlers WHERE active_version IS NOT NULL) \
+               RETURNING handler";
     let (id, handler) = match target {
         RedriveTarget::Delivery(id) => (Some(*id), None),
         RedriveTarget::Handler(handler) => (None, Some(handler.as_str())),
