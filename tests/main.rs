@@ -18,6 +18,7 @@ mod crash;
 mod delivery;
 mod deploy;
 mod faults;
+mod http_limits;
 mod ingress;
 mod isolation;
 mod operate;

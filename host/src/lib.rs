@@ -55,6 +55,7 @@ pub mod pressure;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;
+pub mod server;
 pub mod store;
 pub mod toolchain;
 pub mod wit;
@@ -107,6 +108,10 @@ pub struct Options {
     pub allowed_hosts: Vec<String>,
     /// Serve `/metrics` without the admin token.
     pub metrics_open: bool,
+    /// Header read timeout and connection cap ([`server`]).
+    pub http: server::HttpLimits,
+    /// How long a request body may take to arrive in full (then 408).
+    pub body_read_timeout: Duration,
     /// Redeploy a manifest handler when its module file changes.
     pub watch: bool,
 }
@@ -123,6 +128,8 @@ impl Options {
             admin_token: None,
             allowed_hosts: Vec::new(),
             metrics_open: false,
+            http: server::HttpLimits::default(),
+            body_read_timeout: ingress::DEFAULT_BODY_READ_TIMEOUT,
             watch: false,
         }
     }
@@ -242,6 +249,7 @@ pub async fn run(
         store: store.clone(),
         metrics: metrics.clone(),
         body_limit: options.body_limit,
+        body_read_timeout: options.body_read_timeout,
         stopping: stopping.clone(),
     });
     let admin = Arc::new(AdminState {
@@ -256,14 +264,19 @@ pub async fn run(
     });
     tracing::info!(%addr, store = ?store.path(), "evhost is serving");
 
-    axum::serve(listener, router(ingress, admin))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.store(true, Ordering::Relaxed);
-            tracing::info!("shutting down: no new events, waiting for open requests");
-        })
-        .await
-        .context("the HTTP server failed")?;
+    let stop_taking_events = async move {
+        shutdown.await;
+        stopping.store(true, Ordering::Relaxed);
+        tracing::info!("shutting down: no new events, waiting for open requests");
+    };
+    server::serve(
+        listener,
+        router(ingress, admin),
+        &options.http,
+        stop_taking_events,
+        options.shutdown_grace,
+    )
+    .await;
     scheduler.shutdown(options.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())

@@ -76,6 +76,16 @@ enum Command {
         /// (repeat, or comma-separate in the variable).
         #[arg(long = "allow-host", env = "EVHOST_ALLOW_HOSTS", value_delimiter = ',')]
         allowed_hosts: Vec<String>,
+        /// Connections served at once; more wait until one closes.
+        #[arg(long, default_value_t = evhost::server::DEFAULT_MAX_CONNECTIONS, env = "EVHOST_MAX_CONNECTIONS")]
+        max_connections: usize,
+        /// Milliseconds a connection may take to send a request's headers (or, idle, its next
+        /// request) before it is closed.
+        #[arg(long, default_value_t = evhost::server::DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64)]
+        header_timeout_ms: u64,
+        /// Milliseconds a request body may take to arrive in full (then 408).
+        #[arg(long, default_value_t = evhost::ingress::DEFAULT_BODY_READ_TIMEOUT.as_millis() as u64)]
+        body_timeout_ms: u64,
         /// Serve /metrics without the admin token.
         #[arg(long)]
         metrics_open: bool,
@@ -210,6 +220,9 @@ async fn command(command: Command) -> Result<()> {
             grace_secs,
             admin_token,
             allowed_hosts,
+            max_connections,
+            header_timeout_ms,
+            body_timeout_ms,
             metrics_open,
             watch,
         } => {
@@ -225,6 +238,11 @@ async fn command(command: Command) -> Result<()> {
             options.admin_token = admin_token;
             options.allowed_hosts = allowed_hosts;
             options.metrics_open = metrics_open;
+            options.http = evhost::server::HttpLimits {
+                header_read_timeout: Duration::from_millis(header_timeout_ms.max(1)),
+                max_connections: max_connections.max(1),
+            };
+            options.body_read_timeout = Duration::from_millis(body_timeout_ms.max(1));
             options.watch = watch;
             up(&app, build, &listen, options).await
         }

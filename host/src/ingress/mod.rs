@@ -26,7 +26,6 @@ use crate::name::HandlerName;
 use crate::store::{Appended, Store, StoreErrorKind};
 use axum::Router;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -49,6 +48,8 @@ pub struct IngressState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub body_limit: usize,
+    /// How long a body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
     /// Set once the host stops taking events.
     pub stopping: Arc<AtomicBool>,
 }
@@ -61,15 +62,15 @@ pub fn router(state: Arc<IngressState>) -> Router {
     Router::new()
         .route("/", ingress.clone())
         .route("/events", ingress)
-        .layer(axum::extract::DefaultBodyLimit::max(state.body_limit))
         .with_state(state)
 }
 
 async fn ingest_post(
     State(app): State<Arc<IngressState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
+    let body = read_body(body, app.body_limit, app.body_read_timeout).await;
     let response = ingest(&app, &headers, body).await;
     if response.status() != StatusCode::ACCEPTED {
         app.metrics
@@ -80,20 +81,45 @@ async fn ingest_post(
     response
 }
 
+/// How long a request body may take to arrive in full when not configured; past it the
+/// request is refused with 408, so a producer trickling its body holds a connection for a
+/// bounded time.
+pub const DEFAULT_BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The body, read to its end under the size limit and the read timeout.
+async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, IngressError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(err)) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+            while let Some(error) = cause {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    return Err(IngressError::PayloadTooLarge { limit });
+                }
+                cause = error.source();
+            }
+            Err(IngressError::UnreadableBody)
+        }
+        Err(_) => Err(IngressError::BodyTimeout { after: timeout }),
+    }
+}
+
 async fn ingest(
     app: &IngressState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, IngressError>,
 ) -> Response {
     if app.stopping.load(Ordering::Relaxed) {
         return Problem::service_unavailable(None, "the host is shutting down").into_response();
     }
-    // The router's `DefaultBodyLimit` stops reading at the limit (declared or not).
+    // `read_body` stopped reading at the limit (declared or not) or the deadline.
     let body = match body {
         Ok(body) => body,
-        Err(rejection) => {
-            return IngressError::from_body_rejection(&rejection, app.body_limit).into_response();
-        }
+        Err(err) => return err.into_response(),
     };
     let policy = app.live.ingress_policy();
     let decoded = match binding::decode_limited(headers, &body, policy.max_batch) {

@@ -241,6 +241,9 @@ pub enum IngressError {
     /// The body is over the limit; raised by the caller, which reads the body.
     #[error("the body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The body did not arrive in full in time.
+    #[error("the body did not arrive within {after:?}")]
+    BodyTimeout { after: Duration },
     /// The body could not be read to its end, e.g. the client went away.
     #[error("the body could not be read to its end")]
     UnreadableBody,
@@ -282,6 +285,7 @@ impl IngressError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::ReservedSource { .. } | Self::NotAccepted { .. } => StatusCode::FORBIDDEN,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Unrouted { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Batch { inner, .. } => inner.status(),
             Self::MissingAttribute { .. }
@@ -388,6 +392,7 @@ impl IngressError {
             Self::NotAccepted { .. } => ("type-not-accepted", "event type not accepted"),
             Self::Unrouted { .. } => ("unrouted-type", "no handler for the event type"),
             Self::UnreadableBody => ("unreadable-body", "unreadable request body"),
+            Self::BodyTimeout { .. } => ("body-timeout", "request body too slow"),
             Self::InvalidHeader { .. } => ("invalid-header", "invalid header"),
             Self::MissingHeader { .. } => ("missing-header", "missing header"),
             Self::Batch { .. } => ("invalid-batch", "invalid batch"),
