@@ -11,6 +11,7 @@
 //! nothing else and run side by side. `cargo test -p evhost-tests --test main shop::` runs one
 //! theme.
 
+mod budget;
 mod cli;
 mod concurrency;
 mod crash;
