@@ -520,9 +520,10 @@ async fn a_handler_holding_every_instance_delays_another_without_failing_it() {
         "#
     )))
     .await;
-    // A thousand invocations that each hold an instance for 3 s, without using the CPU.
+    // A thousand invocations that each hold an instance for 10 s, without using the CPU:
+    // long enough that all of them hold theirs when the other handler's event comes.
     let hogs: Vec<Value> = (0..1000)
-        .map(|i| event(&format!("hog-{i}"), GREEDY, json!({"sleep_ms": 3000})))
+        .map(|i| event(&format!("hog-{i}"), GREEDY, json!({"sleep_ms": 10_000})))
         .collect();
     for batch in hogs.chunks(100) {
         assert_eq!(host.post_batch(batch).await.status(), 202);
