@@ -12,6 +12,7 @@
 //! theme.
 
 mod access;
+mod budget;
 mod cli;
 mod concurrency;
 mod crash;

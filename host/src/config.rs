@@ -49,6 +49,32 @@ pub const DEFAULT_MEMORY_MB: u32 = 64;
 /// Upper bound for `memory_mb`: all a 32-bit Wasm memory can address.
 pub const MAX_MEMORY_MB: u32 = 4096;
 
+/// Bytes one invocation may stage, in MiB, when `max_staged_mb` is not set: the state keys and
+/// values it writes, the keys it reads (kept for the commit's conflict check) and the events
+/// it emits. The host holds them in its own memory, outside `memory_mb`, until the commit
+/// writes them in one transaction; the call that would pass the budget fails the invocation,
+/// which counts as an attempt (retried, then dead-lettered).
+pub const DEFAULT_MAX_STAGED_MB: u32 = 16;
+
+/// Upper bound for `max_staged_mb`. A commit is one transaction on the store's single writer,
+/// and every other append and commit waits while it lands; at a few hundred MiB that wait is
+/// seconds.
+pub const MAX_STAGED_MB: u32 = 256;
+
+/// Distinct state keys one invocation may write or delete when `max_writes` is not set; the
+/// write past it fails the invocation (an attempt, as for `max_staged_mb`).
+pub const DEFAULT_MAX_WRITES: u32 = 10_000;
+
+/// Upper bound for `max_writes`.
+pub const MAX_WRITES: u32 = 1_000_000;
+
+/// Events one invocation may emit when `max_emits` is not set; the emit past it fails the
+/// invocation (an attempt, as for `max_staged_mb`).
+pub const DEFAULT_MAX_EMITS: u32 = 1_000;
+
+/// Upper bound for `max_emits`: each emitted event is a row and a routing in the commit.
+pub const MAX_EMITS: u32 = 100_000;
+
 /// Runs of one delivery, the first included, when `max_attempts` is not set; after the last
 /// failure the delivery is dead-lettered.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
@@ -85,6 +111,9 @@ const SETTINGS_KEYS: &[&str] = &[
     "max_pending",
     "timeout_ms",
     "memory_mb",
+    "max_staged_mb",
+    "max_writes",
+    "max_emits",
     "max_attempts",
     "backoff",
     "rate",
@@ -174,6 +203,12 @@ pub struct HandlerSettings {
     pub timeout: Duration,
     /// Linear memory one invocation may use, in MiB.
     pub memory_mb: u32,
+    /// Bytes one invocation may stage, in MiB (see [`DEFAULT_MAX_STAGED_MB`]).
+    pub max_staged_mb: u32,
+    /// Distinct state keys one invocation may write or delete.
+    pub max_writes: u32,
+    /// Events one invocation may emit.
+    pub max_emits: u32,
     /// Runs of one delivery, the first included, before it is dead-lettered; at least 1.
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -196,6 +231,9 @@ impl Default for HandlerSettings {
             max_pending: DEFAULT_MAX_PENDING,
             timeout: DEFAULT_TIMEOUT,
             memory_mb: DEFAULT_MEMORY_MB,
+            max_staged_mb: DEFAULT_MAX_STAGED_MB,
+            max_writes: DEFAULT_MAX_WRITES,
+            max_emits: DEFAULT_MAX_EMITS,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: Backoff::default(),
             rate: None,
@@ -235,6 +273,9 @@ impl HandlerSettings {
         table.insert("max_pending".into(), int(self.max_pending));
         table.insert("timeout_ms".into(), int(self.timeout.as_millis()));
         table.insert("memory_mb".into(), int(self.memory_mb));
+        table.insert("max_staged_mb".into(), int(self.max_staged_mb));
+        table.insert("max_writes".into(), int(self.max_writes));
+        table.insert("max_emits".into(), int(self.max_emits));
         table.insert("max_attempts".into(), int(self.max_attempts));
         let mut backoff = Table::new();
         backoff.insert("initial_ms".into(), int(self.backoff.initial.as_millis()));
@@ -265,6 +306,9 @@ impl HandlerSettings {
             max_pending: self.max_pending,
             timeout_ms: duration_ms(self.timeout),
             memory_mb: self.memory_mb,
+            max_staged_mb: self.max_staged_mb,
+            max_writes: self.max_writes,
+            max_emits: self.max_emits,
             max_attempts: self.max_attempts,
             backoff: StoredBackoff {
                 initial_ms: duration_ms(self.backoff.initial),
@@ -292,6 +336,9 @@ impl HandlerSettings {
             max_pending: stored.max_pending,
             timeout: Duration::from_millis(stored.timeout_ms),
             memory_mb: stored.memory_mb,
+            max_staged_mb: stored.max_staged_mb,
+            max_writes: stored.max_writes,
+            max_emits: stored.max_emits,
             max_attempts: stored.max_attempts,
             backoff: Backoff {
                 initial: Duration::from_millis(stored.backoff.initial_ms),
@@ -309,6 +356,11 @@ impl HandlerSettings {
     pub fn memory_bytes(&self) -> u64 {
         u64::from(self.memory_mb) * 1024 * 1024
     }
+
+    /// [`HandlerSettings::max_staged_mb`] in bytes.
+    pub fn max_staged_bytes(&self) -> u64 {
+        u64::from(self.max_staged_mb) * 1024 * 1024
+    }
 }
 
 /// [`HandlerSettings`] as the store keeps them (see [`HandlerSettings::to_json`]).
@@ -322,10 +374,29 @@ struct StoredSettings {
     max_pending: u64,
     timeout_ms: u64,
     memory_mb: u32,
+    // Versions stored before these settings existed read back with the defaults.
+    #[serde(default = "default_max_staged_mb")]
+    max_staged_mb: u32,
+    #[serde(default = "default_max_writes")]
+    max_writes: u32,
+    #[serde(default = "default_max_emits")]
+    max_emits: u32,
     max_attempts: u32,
     backoff: StoredBackoff,
     rate: Option<String>,
     config: BTreeMap<String, String>,
+}
+
+fn default_max_staged_mb() -> u32 {
+    DEFAULT_MAX_STAGED_MB
+}
+
+fn default_max_writes() -> u32 {
+    DEFAULT_MAX_WRITES
+}
+
+fn default_max_emits() -> u32 {
+    DEFAULT_MAX_EMITS
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -894,6 +965,21 @@ fn read_settings(table: &Table, own_keys: &[&str], report: &mut Report) -> Handl
                     settings.memory_mb = n;
                 }
             }
+            "max_staged_mb" => {
+                if let Some(n) = report.check(key, integer(value, 1, MAX_STAGED_MB)) {
+                    settings.max_staged_mb = n;
+                }
+            }
+            "max_writes" => {
+                if let Some(n) = report.check(key, integer(value, 0, MAX_WRITES)) {
+                    settings.max_writes = n;
+                }
+            }
+            "max_emits" => {
+                if let Some(n) = report.check(key, integer(value, 0, MAX_EMITS)) {
+                    settings.max_emits = n;
+                }
+            }
             "max_attempts" => {
                 if let Some(n) = report.check(key, integer(value, 1, u32::MAX)) {
                     settings.max_attempts = n;
@@ -1226,6 +1312,9 @@ subscribe = ["com.example.shop.shipment.created.v1"]
                         max_pending: 10_000,
                         timeout: Duration::from_millis(2000),
                         memory_mb: 64,
+                        max_staged_mb: DEFAULT_MAX_STAGED_MB,
+                        max_writes: DEFAULT_MAX_WRITES,
+                        max_emits: DEFAULT_MAX_EMITS,
                         max_attempts: 5,
                         backoff: Backoff {
                             initial: Duration::from_millis(100),
@@ -1309,7 +1398,7 @@ subscribe = ["com.example.a.v1"]
             [
                 "examples/shop/evhost.toml: key `app.name`: expected a name of lowercase letters a-z, digits 0-9, `-` and `_`, got \"Shop\"",
                 "examples/shop/evhost.toml: key `app.owner`: unknown key (expected one of: name)",
-                "examples/shop/evhost.toml: handler `inventory`: key `concurency`: unknown key (expected one of: name, module, build, subscribe, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_attempts, backoff, rate, config)",
+                "examples/shop/evhost.toml: handler `inventory`: key `concurency`: unknown key (expected one of: name, module, build, subscribe, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_staged_mb, max_writes, max_emits, max_attempts, backoff, rate, config)",
                 "examples/shop/evhost.toml: handler `inventory`: key `ordering`: expected one of \"unordered\", \"key\", \"serial\", got \"keyed\"",
                 "examples/shop/evhost.toml: handler `payment`: key `module`: missing required key",
                 "examples/shop/evhost.toml: handler `payment`: key `backoff.max`: unknown key (expected one of: initial_ms, max_ms)",
@@ -1372,6 +1461,18 @@ subscribe = ["com.example.a.v1"]
             (
                 "memory_mb = 4097",
                 "key `memory_mb`: expected an integer from 1 to 4096, got 4097",
+            ),
+            (
+                "max_staged_mb = 0",
+                "key `max_staged_mb`: expected an integer from 1 to 256, got 0",
+            ),
+            (
+                "max_writes = 1000001",
+                "key `max_writes`: expected an integer from 0 to 1000000, got 1000001",
+            ),
+            (
+                "max_emits = -1",
+                "key `max_emits`: expected an integer from 0 to 100000, got -1",
             ),
             (
                 "max_attempts = 0",
@@ -1596,7 +1697,7 @@ backoff = { max_ms = 1000 }
         assert_eq!(
             err.to_string(),
             "payment.toml: key `concurrency`: expected an integer from 1 to 1024, got 0\n\
-             payment.toml: key `name`: unknown key (expected one of: subscribe, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_attempts, backoff, rate, config)\n\
+             payment.toml: key `name`: unknown key (expected one of: subscribe, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_staged_mb, max_writes, max_emits, max_attempts, backoff, rate, config)\n\
              payment.toml: key `subscribe`: missing required key (a handler needs at least one event type)"
         );
     }
@@ -1639,7 +1740,8 @@ backoff = { max_ms = 1000 }
             serde_json::json!({
                 "subscribe": ["com.example.shop.order.placed.v1", "com.example.shop.stock.added.v1"],
                 "concurrency": 8, "ordering": "key", "key": "partitionkey",
-                "max_pending": 10000, "timeout_ms": 2000, "memory_mb": 64, "max_attempts": 5,
+                "max_pending": 10000, "timeout_ms": 2000, "memory_mb": 64,
+                "max_staged_mb": 16, "max_writes": 10000, "max_emits": 1000, "max_attempts": 5,
                 "backoff": {"initial_ms": 100, "max_ms": 30000}, "rate": "200/s",
                 "config": {"decline_over": "1000"},
             })
@@ -1650,6 +1752,42 @@ backoff = { max_ms = 1000 }
         let problem = HandlerSettings::from_json(&sideways).unwrap_err();
         assert!(problem.starts_with("key `ordering`"), "{problem}");
         assert!(HandlerSettings::from_json("{}").is_err());
+
+        // A version stored before the invocation budget existed runs with its defaults.
+        let mut older = json.clone();
+        for key in ["max_staged_mb", "max_writes", "max_emits"] {
+            older.as_object_mut().unwrap().remove(key);
+        }
+        let read = HandlerSettings::from_json(&older.to_string()).unwrap();
+        assert_eq!(read, inventory.settings);
+    }
+
+    #[test]
+    fn the_invocation_budget_is_set_per_handler() {
+        let settings = HandlerSettings::parse_toml(
+            "subscribe = [\"t.v1\"]\nmax_staged_mb = 2\nmax_writes = 0\nmax_emits = 10\n",
+            "budget.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                settings.max_staged_bytes(),
+                settings.max_writes,
+                settings.max_emits
+            ),
+            (2 << 20, 0, 10)
+        );
+        let back = HandlerSettings::parse_toml(&settings.to_toml(), "round trip").unwrap();
+        assert_eq!(back, settings);
+        let defaults = HandlerSettings::default();
+        assert_eq!(
+            (
+                defaults.max_staged_bytes(),
+                defaults.max_writes,
+                defaults.max_emits
+            ),
+            (16 << 20, 10_000, 1_000)
+        );
     }
 
     #[test]

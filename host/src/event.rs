@@ -2,7 +2,8 @@
 //!
 //! An [`Event`] can only be made by [`EventBuilder::build`], which checks every rule of
 //! CloudEvents 1.0 that the event format can check (required attributes, URI, timestamp and
-//! media type syntax, extension names, allowed characters). Ingress, the `emit` capability,
+//! media type syntax, extension names, allowed characters) and the host's limits on
+//! extensions (their count, name and value lengths). Ingress, the `emit` capability,
 //! the conversion from the CloudEvents SDK and tests all build events through it, so the
 //! router, the store and the runtime never validate again, and an event emitted by a handler
 //! meets exactly the rules of one posted over HTTP. The one other way in is the store's read
@@ -22,6 +23,21 @@ use serde_json::{Map, Value};
 
 /// The only CloudEvents version evhost accepts.
 pub const SPEC_VERSION: &str = "1.0";
+
+/// Extension attributes one event may carry, those the host sets on emitted events
+/// (`causationid`, `correlationid`, a carried `traceparent`) included; past it the event is
+/// refused, naming the first extension over (in name order). Extensions are metadata, sent
+/// as one header each in binary mode, and every one is stored and handed to each handler.
+pub const MAX_EXTENSIONS: usize = 64;
+
+/// Longest extension name, in bytes. CloudEvents asks for at most 20 characters; this takes
+/// longer ones, but not names that are really data.
+pub const MAX_EXTENSION_NAME_BYTES: usize = 64;
+
+/// Longest extension value, in bytes; longer is refused, naming the extension. Room for any
+/// trace context (`tracestate` is at most 512) or identifier; a value this long belongs in
+/// `data`.
+pub const MAX_EXTENSION_VALUE_BYTES: usize = 4096;
 
 /// One CloudEvent (CloudEvents 1.0), validated: see [`EventBuilder::build`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,8 +176,28 @@ impl EventBuilder {
                 format!("is not an RFC 3339 timestamp: {error}"),
             ));
         }
-        for name in self.extensions.keys() {
+        for (index, (name, value)) in self.extensions.iter().enumerate() {
             check_extension_name(name)?;
+            if index == MAX_EXTENSIONS {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "is extension #{} of {}, over the limit of {MAX_EXTENSIONS} per event",
+                        index + 1,
+                        self.extensions.len()
+                    ),
+                ));
+            }
+            if value.len() > MAX_EXTENSION_VALUE_BYTES {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "value is {} bytes, over the limit of {MAX_EXTENSION_VALUE_BYTES} (put \
+                         large values in `data`)",
+                        value.len()
+                    ),
+                ));
+            }
         }
         Ok(Event {
             id,
@@ -209,8 +245,9 @@ fn is_noncharacter(c: char) -> bool {
     (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE
 }
 
-/// Extension names (CloudEvents 1.0, section 3.1.1): lowercase letters and digits, and not
-/// one of the names the event's own attributes and data use.
+/// Extension names (CloudEvents 1.0, section 3.1.1): lowercase letters and digits, at most
+/// [`MAX_EXTENSION_NAME_BYTES`], and not one of the names the event's own attributes and data
+/// use.
 pub fn check_extension_name(name: &str) -> Result<(), EventError> {
     if name == "data" || name == "data_base64" {
         return Err(invalid(
@@ -225,14 +262,23 @@ pub fn check_extension_name(name: &str) -> Result<(), EventError> {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if valid {
-        Ok(())
-    } else {
-        Err(invalid(
+    if !valid {
+        return Err(invalid(
             name,
             "extension names are made of lowercase letters `a-z` and digits `0-9` only",
-        ))
+        ));
     }
+    if name.len() > MAX_EXTENSION_NAME_BYTES {
+        // The whole name would make the problem as long as the name: its start says which.
+        return Err(invalid(
+            &format!("{}...", &name[..MAX_EXTENSION_NAME_BYTES]),
+            format!(
+                "extension name is {} bytes, over the limit of {MAX_EXTENSION_NAME_BYTES}",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `ty` is a type evhost routes: what a subscription names and a handler emits. Any
@@ -758,6 +804,21 @@ mod tests {
         assert_eq!(attribute(base().extension("id", "v")), "id");
         assert_eq!(attribute(base().extension("data", "v")), "data");
         assert_eq!(attribute(base().extension("key", "\u{FFFE}")), "key");
+        assert_eq!(attribute(base().extension("big", "x".repeat(4097))), "big");
+        assert!(base().extension("big", "x".repeat(4096)).build().is_ok());
+        assert_eq!(attribute(base().extension("bell", "a\u{7}")), "bell");
+        let long_name = "n".repeat(65);
+        assert_eq!(
+            attribute(base().extension(long_name, "v")),
+            format!("{}...", "n".repeat(64))
+        );
+        let many = |n: usize| {
+            (0..n).fold(base(), |builder, i| {
+                builder.extension(format!("x{i:03}"), "v")
+            })
+        };
+        assert!(many(MAX_EXTENSIONS).build().is_ok());
+        assert_eq!(attribute(many(MAX_EXTENSIONS + 1)), "x064");
         assert!(check_routable_type("com.example.shop.order.placed.v1").is_ok());
         assert!(check_routable_type("").is_err());
         assert!(check_routable_type("a type").is_err());

@@ -188,9 +188,19 @@ impl HostArg {
     }
 }
 
+/// Log lines waiting for stderr. Lines are written by a thread of their own, so that a slow or
+/// stalled stderr (a full pipe nobody reads) never holds a thread that serves HTTP or runs
+/// Wasm; past this many waiting lines, new ones are dropped and counted.
+const LOG_BUFFER_LINES: usize = 16 * 1024;
+
+/// How often the count of dropped log lines is looked at; when it grew, a warning says by how
+/// much (once stderr takes lines again).
+const DROPPED_LOG_CHECK: Duration = Duration::from_secs(5);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Held to the end: dropping it flushes the lines still waiting (for a second at most).
+    let _log_writer = init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -370,16 +380,43 @@ async fn command(command: Command) -> Result<()> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EVHOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .thread_name("evhost-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    let reporter = std::thread::Builder::new()
+        .name("evhost-log-drops".into())
+        .spawn(move || {
+            let mut reported = 0;
+            loop {
+                std::thread::sleep(DROPPED_LOG_CHECK);
+                let now = dropped.dropped_lines();
+                if now > reported {
+                    tracing::warn!(
+                        dropped_lines = now - reported,
+                        dropped_total = now,
+                        "stderr did not keep up; log lines were dropped"
+                    );
+                    reported = now;
+                }
+            }
+        });
+    if let Err(err) = reporter {
+        tracing::warn!(error = %err, "failed to start counting dropped log lines");
+    }
+    guard
 }
 
 async fn up(app: &Path, build: bool, listen: &str, mut options: evhost::Options) -> Result<()> {

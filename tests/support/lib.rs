@@ -39,6 +39,7 @@ pub const GUESTS: &[&str] = &[
     "misbehave",
     "recorder",
     "alien",
+    "greedy",
 ];
 
 /// The workspace root.

@@ -18,9 +18,8 @@ use crate::event::EventBuilder;
 use crate::name::HandlerName;
 use crate::wit::evhost::handler::emit::{Host, OutgoingEvent};
 
-/// Events one invocation may emit; past this, `publish` fails.
-pub const MAX_EMITS: usize = 1000;
-/// Largest `data` of an emitted event, in bytes.
+/// Largest `data` of an emitted event, in bytes. How many an invocation may emit, and their
+/// total size, is its budget's (`max_emits`, `max_staged_mb`).
 pub const MAX_DATA_BYTES: usize = 1 << 20;
 
 /// Extensions the host sets on every emitted event; a handler may not set them itself.
@@ -28,20 +27,25 @@ const HOST_EXTENSIONS: &[&str] = &["causationid", "correlationid"];
 
 impl Host for Invocation {
     fn publish(&mut self, event: OutgoingEvent) -> Result<Result<String, String>> {
-        Ok(self.stage_emit(event))
+        // A bad event and one past the budget are both refused; past the budget, the
+        // invocation fails too.
+        if let Err(exceeded) = self.check_emit() {
+            return Ok(Err(super::refusal(exceeded)));
+        }
+        let staged = self.complete(event).and_then(|event| {
+            let id = event.id().to_owned();
+            self.stage_emitted(event).map_err(super::refusal)?;
+            Ok(id)
+        });
+        Ok(staged)
     }
 }
 
 impl Invocation {
-    /// Complete `out` into an event and stage it. It must pass the rules every event does
+    /// Complete `out` into the next event to emit. It must pass the rules every event does
     /// ([`EventBuilder::build`], the same as ingress); the error names the attribute.
-    fn stage_emit(&mut self, out: OutgoingEvent) -> Result<String, String> {
+    fn complete(&self, out: OutgoingEvent) -> Result<crate::event::Event, String> {
         let index = self.staged.emitted.len();
-        if index >= MAX_EMITS {
-            return Err(format!(
-                "more than {MAX_EMITS} events emitted by one invocation"
-            ));
-        }
         crate::event::check_routable_type(&out.type_).map_err(|err| err.to_string())?;
         if let Some(data) = &out.data
             && data.len() > MAX_DATA_BYTES
@@ -79,8 +83,8 @@ impl Invocation {
             (None, Some(_)) => Some("application/json".to_owned()),
             (ct, _) => ct,
         };
-        let event = EventBuilder {
-            id: Some(id.clone()),
+        EventBuilder {
+            id: Some(id),
             source: Some(self.emit_source.to_string()),
             ty: Some(out.type_),
             datacontenttype,
@@ -91,9 +95,7 @@ impl Invocation {
             data: out.data,
         }
         .build()
-        .map_err(|err| err.to_string())?;
-        self.staged.emitted.push(event);
-        Ok(id)
+        .map_err(|err| err.to_string())
     }
 }
 

@@ -15,7 +15,8 @@ use crate::wit::evhost::handler::state::Host;
 
 /// Longest state key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
-/// Largest state value, in bytes; larger state belongs in several keys.
+/// Largest state value, in bytes; larger state belongs in several keys. How many a handler
+/// may stage at once is its budget's (`max_staged_mb`, `max_writes`).
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
 impl Host for Invocation {
@@ -23,13 +24,17 @@ impl Host for Invocation {
         if let Some(staged) = self.staged.state_writes.get(&key) {
             return Ok(staged.clone());
         }
+        // No key this long can have been written: nothing to read, nothing to track.
+        if check_key(&key).is_err() {
+            return Ok(None);
+        }
         // A read failure is the host's, not the handler's: trap, and the delivery is retried.
         let (value, version) = self
             .state
             .get_versioned(&key)
             .map_err(wasmtime::Error::from_anyhow)?;
         // The first read of a key is what the handler based its decision on.
-        self.staged.state_reads.entry(key).or_insert(version);
+        self.track_read(key, version).map_err(super::trap)?;
         Ok(value)
     }
 
@@ -43,13 +48,12 @@ impl Host for Invocation {
                 value.len()
             )));
         }
-        self.staged.state_writes.insert(key, Some(value));
-        Ok(Ok(()))
+        Ok(self.stage_write(key, Some(value)).map_err(super::refusal))
     }
 
     fn delete(&mut self, key: String) -> Result<()> {
         if check_key(&key).is_ok() {
-            self.staged.state_writes.insert(key, None);
+            self.stage_write(key, None).map_err(super::trap)?;
         }
         Ok(())
     }

@@ -24,8 +24,15 @@
 //! that loops forever, and a busy handler cannot hold a worker thread for longer than a
 //! tick. Epochs, not fuel: fuel instruments every basic block and costs throughput on every
 //! call, epochs cost one check per loop header and function entry.
+//!
+//! What the handler stages is bounded by its invocation budget (see
+//! [`crate::capabilities::budget`]), what it prints by [`STDIO_CAPTURE_BYTES`], and the
+//! instances all handlers run at once by the pool's [`capacity`], which an invocation waits
+//! for rather than fails on.
 
+mod capacity;
 mod limits;
+mod stdio;
 mod threads;
 
 use std::collections::BTreeMap;
@@ -36,10 +43,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::capabilities::{Invocation, InvocationContext, Staged};
+use crate::capabilities::{Budget, Invocation, InvocationContext, Staged};
 use crate::config::HandlerSettings;
 use crate::event::Event;
 use crate::name::{AppName, HandlerName};
@@ -47,19 +53,22 @@ use crate::store::{Deployment, StateReader};
 use crate::wit::evhost::handler::types::{Event as WitEvent, HandlerError};
 use crate::wit::{Handler, HandlerPre};
 
+use capacity::{Needs, Pool};
 pub use limits::MemoryLimiter;
+use stdio::Captured;
 use threads::WasmThreads;
 
 /// How often the epoch advances. A handler yields to the async runtime once per tick, and
 /// timeouts are enforced to within a tick.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Captured stdout and stderr kept per invocation; beyond this, output is dropped.
+/// Captured stdout and stderr kept per invocation, each; beyond this, output is dropped (and
+/// counted in the log), never an error for the handler.
 const STDIO_CAPTURE_BYTES: usize = 64 * 1024;
 
-/// Component instances that can exist at once across all handlers (pooling allocator slots).
-/// Each slot only reserves address space until used.
-const MAX_INSTANCES: u32 = 1000;
+/// Longest `retry` or `reject` reason kept, in bytes: it is stored with every attempt and
+/// dead letter. The rest is cut, and the kept part says how much.
+pub const MAX_REASON_BYTES: usize = 4096;
 
 /// Memory and table bytes per pooling slot kept mapped between instances (see `Runtime::new`).
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
@@ -74,6 +83,7 @@ pub struct Runtime {
     cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
     threads: WasmThreads,
+    pool: Pool,
 }
 
 /// A compiled component, shared by every handler deployed from the same module. Cheap to
@@ -96,6 +106,8 @@ impl Artifact {
 pub struct Linked {
     artifact: Artifact,
     pre: HandlerPre<HostState>,
+    /// What each instance takes from the pool.
+    needs: Needs,
 }
 
 /// Bytes in a Wasm page.
@@ -109,6 +121,7 @@ pub struct DeployedHandler {
     emit_source: Arc<str>,
     /// The handler's `config` settings, shared by all its invocations.
     config: Arc<BTreeMap<String, String>>,
+    budget: Budget,
     linked: Linked,
 }
 
@@ -119,6 +132,7 @@ impl DeployedHandler {
         DeployedHandler {
             emit_source: Arc::from(format!("/{app}/{}", deployment.handler)),
             config: Arc::new(deployment.settings.config.clone()),
+            budget: Budget::of(&deployment.settings),
             deployment,
             linked,
         }
@@ -175,18 +189,32 @@ pub enum InvokeError {
     Timeout(Duration),
     #[error("handler exceeded its memory limit of {0} MiB")]
     MemoryExceeded(u64),
+    /// The handler staged more than its invocation budget allows.
+    #[error("handler exceeded its invocation budget: {0}")]
+    Budget(String),
     /// The state the handler read kept changing under it; it was re-run this many times.
     #[error("state key `{key}` kept changing during the invocation ({reruns} re-runs)")]
     Conflict { key: String, reruns: u32 },
-    /// The host could not set up the instance (e.g. all pooling slots in use).
+    /// The instance could not be set up, for a reason of the handler's (its start trapped,
+    /// its tables are too large...).
     #[error("failed to start the handler: {0}")]
     Instantiate(String),
+    /// The host had no room for the instance (a pool of the allocator ran dry). Not the
+    /// handler's doing: the delivery runs again later without it counting as an attempt.
+    #[error("the host had no room to start the handler: {0}")]
+    NoCapacity(String),
 }
 
 impl InvokeError {
     /// Whether another attempt may succeed: only a handler's own `reject` says no.
     pub fn is_retryable(&self) -> bool {
         !matches!(self, InvokeError::Reject(_))
+    }
+
+    /// Whether the failure is the host's, not the handler's: it is no attempt of the
+    /// handler's, and the delivery stays pending as if it had not run.
+    pub fn is_host_capacity(&self) -> bool {
+        matches!(self, InvokeError::NoCapacity(_))
     }
 }
 
@@ -224,18 +252,18 @@ impl Runtime {
     pub fn new(options: &RuntimeOptions) -> Result<Runtime> {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
-            .total_component_instances(MAX_INSTANCES)
+            .total_component_instances(capacity::MAX_INSTANCES)
             // Core instances are only counted, not reserved, so size them for the largest
             // components: an instance of a Rust handler takes 3 (its code, the WIT shim and
             // fixup), of a JavaScript one (ComponentizeJS) 4, of a Python one (componentize-py)
             // 14 (libc, libpython, the WASI adapter, the componentize-py runtime...). At 2 per
             // component the pool ran dry at 142 Python invocations in flight, measured.
-            .total_core_instances(MAX_INSTANCES * 16)
-            .total_memories(MAX_INSTANCES * 2)
-            .total_tables(MAX_INSTANCES * 2)
-            .total_stacks(MAX_INSTANCES)
-            .max_memories_per_component(4)
-            .max_tables_per_component(4)
+            .total_core_instances(capacity::MAX_INSTANCES * 16)
+            .total_memories(capacity::TOTAL_MEMORIES)
+            .total_tables(capacity::TOTAL_TABLES)
+            .total_stacks(capacity::MAX_INSTANCES)
+            .max_memories_per_component(capacity::MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(capacity::MAX_TABLES_PER_COMPONENT)
             .max_memory_size(MAX_MEMORY_BYTES)
             // A fresh instance per event: what makes it cheap is not returning its memory to
             // the kernel. Keeping the first 2 MiB of each slot resident (a Rust guest's 1 MiB
@@ -288,6 +316,7 @@ impl Runtime {
             cache,
             ticker_stop,
             threads: WasmThreads::start()?,
+            pool: Pool::new(),
         })
     }
 
@@ -325,8 +354,9 @@ impl Runtime {
         })
     }
 
-    /// Check a compiled module against the `handler` world and a handler's limits: this is
-    /// where a wrong module fails, at deploy time.
+    /// Check a compiled module against the `handler` world and a handler's limits, and that
+    /// the instances its concurrency asks for fit the host's pool: this is where a wrong
+    /// module, or one the host cannot run as configured, fails, at deploy time.
     pub fn link(&self, artifact: &Artifact, settings: &HandlerSettings) -> Result<Linked> {
         let instance_pre = self
             .linker
@@ -354,9 +384,12 @@ impl Runtime {
                 settings.memory_mb
             ));
         }
+        let needs = Needs::of(&artifact.component);
+        Pool::check_fits(needs, settings.concurrency).map_err(|why| anyhow!(why))?;
         Ok(Linked {
             artifact: artifact.clone(),
             pre,
+            needs,
         })
     }
 
@@ -384,15 +417,17 @@ impl Runtime {
         Ok(DeployedHandler::new(deployment, linked, &app))
     }
 
-    /// Run `handler` on `event` in a fresh instance; return what it staged.
+    /// Run `handler` on `event` in a fresh instance; return what it staged. Waits first for
+    /// the instance's slots in the pool, which the handler's timeout does not count.
     pub async fn invoke(
         &self,
         handler: &DeployedHandler,
         event: &Event,
         state: StateReader,
     ) -> Result<Staged, InvokeError> {
-        let stdout = MemoryOutputPipe::new(STDIO_CAPTURE_BYTES);
-        let stderr = MemoryOutputPipe::new(STDIO_CAPTURE_BYTES);
+        let _slots = self.pool.acquire(handler.linked.needs).await;
+        let stdout = Captured::new(STDIO_CAPTURE_BYTES);
+        let stderr = Captured::new(STDIO_CAPTURE_BYTES);
         // No preopens, no environment, no arguments, no network: the handler's world is the
         // event and the host's capabilities.
         let wasi = WasiCtx::builder()
@@ -415,6 +450,7 @@ impl Runtime {
                         handler: handler.name().clone(),
                         emit_source: handler.emit_source.clone(),
                         config: handler.config.clone(),
+                        budget: handler.budget,
                     },
                     event,
                     state,
@@ -440,24 +476,54 @@ impl Runtime {
         })
         .await;
 
-        let captured = [("stdout", stdout), ("stderr", stderr)];
-        for (stream, pipe) in captured {
-            log_captured(handler.name(), event.id(), stream, &pipe.contents());
+        for (stream, captured) in [("stdout", stdout), ("stderr", stderr)] {
+            let (kept, dropped) = captured.take();
+            log_captured(handler.name(), event.id(), stream, &kept, dropped);
         }
+        let invocation = &store.data().invocation;
+        invocation.finish_log();
 
+        if let Some(exceeded) = invocation.budget_exceeded() {
+            return Err(InvokeError::Budget(exceeded.to_string()));
+        }
         let memory_exceeded = store.data().limiter.exceeded();
         match outcome {
             Err(_elapsed) => Err(InvokeError::Timeout(timeout)),
             Ok(Err(_)) if memory_exceeded => Err(InvokeError::MemoryExceeded(memory_limit >> 20)),
+            Ok(Err((true, err))) if is_pool_exhausted(&err) => Err(InvokeError::NoCapacity(
+                format!("{:#}", anyhow::Error::from(err)),
+            )),
             Ok(Err((true, err))) if err.downcast_ref::<wasmtime::Trap>().is_none() => Err(
                 InvokeError::Instantiate(format!("{:#}", anyhow::Error::from(err))),
             ),
             Ok(Err((_, err))) => Err(InvokeError::Trap(trap_message(&err))),
-            Ok(Ok(Err(HandlerError::Retry(reason)))) => Err(InvokeError::Retry(reason)),
-            Ok(Ok(Err(HandlerError::Reject(reason)))) => Err(InvokeError::Reject(reason)),
+            Ok(Ok(Err(HandlerError::Retry(reason)))) => Err(InvokeError::Retry(bounded(reason))),
+            Ok(Ok(Err(HandlerError::Reject(reason)))) => Err(InvokeError::Reject(bounded(reason))),
             Ok(Ok(Ok(()))) => Ok(store.into_data().invocation.into_staged()),
         }
     }
+}
+
+/// Whether instantiating failed because one of the allocator's pools was full: the host's
+/// lack of room, not anything the handler did.
+fn is_pool_exhausted(err: &wasmtime::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+}
+
+/// A handler's `retry` or `reject` reason, cut to [`MAX_REASON_BYTES`].
+fn bounded(mut reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = reason.len() - end;
+    reason.truncate(end);
+    reason.push_str(&format!("... ({cut} more bytes cut)"));
+    reason
 }
 
 impl Drop for Runtime {
@@ -518,12 +584,20 @@ fn trap_message(err: &wasmtime::Error) -> String {
     message
 }
 
-fn log_captured(handler: &HandlerName, event_id: &str, stream: &str, bytes: &[u8]) {
-    if bytes.is_empty() {
-        return;
+fn log_captured(handler: &HandlerName, event_id: &str, stream: &str, kept: &[u8], dropped: u64) {
+    let handler = handler.as_str();
+    for line in String::from_utf8_lossy(kept).lines() {
+        tracing::info!(target: "evhost::handler", handler, event_id, stream, "{line}");
     }
-    for line in String::from_utf8_lossy(bytes).lines() {
-        tracing::info!(target: "evhost::handler", handler = handler.as_str(), event_id, stream, "{line}");
+    if dropped > 0 {
+        tracing::warn!(
+            target: "evhost::handler",
+            handler,
+            event_id,
+            stream,
+            dropped_bytes = dropped,
+            "dropped {dropped} bytes of {stream} past the {STDIO_CAPTURE_BYTES} kept per invocation"
+        );
     }
 }
 
@@ -543,5 +617,22 @@ fn to_wit(event: &Event) -> WitEvent {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         data: event.data().map(<[u8]>::to_vec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_on_a_character_boundary() {
+        assert_eq!(bounded("short".to_owned()), "short");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let cut = bounded(long);
+        assert!(cut.len() < MAX_REASON_BYTES + 40, "{}", cut.len());
+        assert!(
+            cut.ends_with(&format!("... ({} more bytes cut)", MAX_REASON_BYTES)),
+            "{cut}"
+        );
     }
 }

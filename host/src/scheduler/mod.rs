@@ -57,6 +57,10 @@ const MAX_CONFLICT_RERUNS: u32 = 100;
 /// After a store error the worker waits this long before looking again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
+/// After the host had no room for an instance, the delivery waits this long before it runs
+/// again (not counted as an attempt: the lack of room was the host's).
+const NO_CAPACITY_PAUSE: Duration = Duration::from_millis(250);
+
 /// Runs every live handler's deliveries.
 pub struct Scheduler {
     store: Store,
@@ -319,6 +323,16 @@ impl Scheduler {
                 .observe(started.elapsed().as_secs_f64());
             let staged = match outcome {
                 Ok(staged) => staged,
+                Err(error) if error.is_host_capacity() => {
+                    tracing::warn!(
+                        handler = deployed.name().as_str(),
+                        event_id = delivery.event.id(),
+                        error = %error,
+                        "no room for the handler; the delivery waits, no attempt counted"
+                    );
+                    let not_before_ms = self.clock.now_ms() + NO_CAPACITY_PAUSE.as_millis() as i64;
+                    return (delivery, AfterRun::Again { not_before_ms });
+                }
                 Err(error) => break self.record_failure(&deployed, &delivery, error).await,
             };
             match self.commit(&deployed, &delivery, staged).await {
