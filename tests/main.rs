@@ -12,6 +12,7 @@
 //! theme.
 
 mod access;
+mod backpressure;
 mod cli;
 mod concurrency;
 mod crash;
