@@ -5,7 +5,8 @@
 //! dedupe on `source` + `id` makes the re-run harmless); `source` names the handler; `time`
 //! is now; `causationid` is the handled event's id, `correlationid` is carried from it (or
 //! starts at it) and `causationdepth` is one more than its own (0 when it has none), which
-//! the scheduler's hop limit reads to stop a loop of emits. Every other attribute must pass the rules an event posted over HTTP does.
+//! the scheduler's hop limit reads to stop a loop of emits. Every other attribute must pass
+//! the rules an event posted over HTTP does.
 //! Emitted events are only staged here: they enter the log and the router when the invocation
 //! commits.
 
