@@ -3,8 +3,8 @@
 //! [`binding`] decodes and validates a request (binary, structured or batch mode) into
 //! [`Event`](crate::event::Event)s; [`problem`] answers every error as problem+json. The
 //! handler here reads the body under the size limit, routes each event, refuses with 429
-//! when a target handler's queue is full (or one downstream of it), appends to the store and answers 202 only once
-//! the append is durable. Ingress never runs or touches handlers: it routes by the live set,
+//! when a target handler's queue is full (or one downstream of it), appends to the store
+//! and answers 202 only once the append is durable. Ingress never runs or touches handlers: it routes by the live set,
 //! asks back-pressure ([`crate::pressure`]) for room, hands deliveries to the store and wakes
 //! the handlers' workers.
 //!
