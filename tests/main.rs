@@ -12,6 +12,7 @@
 //! theme.
 
 mod access;
+mod backpressure;
 mod budget;
 mod cli;
 mod concurrency;

@@ -199,6 +199,9 @@ impl EventBuilder {
                 ));
             }
         }
+        if let Some(depth) = self.extensions.get(CAUSATION_DEPTH) {
+            parse_causation_depth(depth).map_err(|reason| invalid(CAUSATION_DEPTH, reason))?;
+        }
         Ok(Event {
             id,
             source,
@@ -279,6 +282,24 @@ pub fn check_extension_name(name: &str) -> Result<(), EventError> {
         ));
     }
     Ok(())
+}
+
+/// The extension that counts an event's causes: 0 (or absent) for an event a producer
+/// started, the parent's depth + 1 for an event a handler emitted (the host sets it). A
+/// producer may pass on a depth from another system, but only as a whole number, since the
+/// hop limit reads it.
+pub const CAUSATION_DEPTH: &str = "causationdepth";
+
+/// A `causationdepth` value: a CloudEvents Integer (decimal, 32-bit) that is not negative.
+fn parse_causation_depth(value: &str) -> Result<u32, String> {
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    match value.parse::<i32>() {
+        Ok(depth) if digits => Ok(depth.unsigned_abs()),
+        _ => Err(format!(
+            "must be a whole number from 0 to {}, the count of the event's causes, got `{value}`",
+            i32::MAX
+        )),
+    }
 }
 
 /// Whether `ty` is a type evhost routes: what a subscription names and a handler emits. Any
@@ -390,6 +411,15 @@ impl Event {
     /// An extension attribute's value.
     pub fn extension(&self, name: &str) -> Option<&str> {
         self.extensions.get(name).map(String::as_str)
+    }
+
+    /// How many causes the event has ([`CAUSATION_DEPTH`]): 0 when the extension is absent.
+    /// An event stored before the extension was checked reads as 0 when its value is not a
+    /// number.
+    pub fn causation_depth(&self) -> u32 {
+        self.extension(CAUSATION_DEPTH)
+            .and_then(|depth| parse_causation_depth(depth).ok())
+            .unwrap_or(0)
     }
 
     pub fn data(&self) -> Option<&[u8]> {
@@ -824,6 +854,27 @@ mod tests {
         assert!(check_routable_type("a type").is_err());
         // A valid CloudEvents type all the same.
         assert!(Event::builder("e", "/s", "a type").build().is_ok());
+    }
+
+    #[test]
+    fn a_causation_depth_is_a_whole_number_or_absent() {
+        let with = |depth: &str| {
+            Event::builder("e-1", "/shop", "t.v1")
+                .extension(CAUSATION_DEPTH, depth)
+                .build()
+        };
+        assert_eq!(with("7").map(|e| e.causation_depth()), Ok(7));
+        assert_eq!(with("0").map(|e| e.causation_depth()), Ok(0));
+        for bad in ["-1", "+3", "1.5", "", "many", "2147483648"] {
+            match with(bad) {
+                Err(EventError::Invalid { attribute, .. }) => {
+                    assert_eq!(attribute, CAUSATION_DEPTH, "{bad:?}");
+                }
+                other => panic!("`{bad}` gave {other:?}"),
+            }
+        }
+        let started = Event::builder("e-1", "/shop", "t.v1").build();
+        assert_eq!(started.map(|e| e.causation_depth()), Ok(0));
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! A handler's [`HandlerSlot`] (its queue, its concurrency permits, its worker's signals)
 //! lives as long as the handler stays deployed, across versions: a new version keeps the
 //! queue and the running invocations, only the version the next delivery runs on changes.
+//!
+//! What handlers have emitted ([`EmitGraph`]) is the host's, not one set's: every set shares
+//! it, and [`Live::replace`] hands it from each set to the next, so a deploy forgets nothing
+//! the handlers taught it.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -22,8 +26,8 @@ use crate::clock::Clock;
 use crate::config::IngressPolicy;
 use crate::event::Event;
 use crate::name::HandlerName;
-use crate::pressure::{self, Admission, Demand, Queue, Refusal};
-use crate::router::{RouteTable, Routed};
+use crate::pressure::{self, Admission, Demand, Downstream, Queue, Refusal};
+use crate::router::{EmitGraph, RouteTable, Routed};
 use crate::runtime::DeployedHandler;
 
 /// The live set, swapped whole, and the manifest's ingress policy beside it.
@@ -53,8 +57,10 @@ impl Live {
         self.ingress.store(Arc::new(policy));
     }
 
-    /// Make `next` what runs; returns what ran before.
-    pub fn replace(&self, next: LiveSet) -> Arc<LiveSet> {
+    /// Make `next` what runs; returns what ran before. `next` takes over what the handlers
+    /// have been seen to emit.
+    pub fn replace(&self, mut next: LiveSet) -> Arc<LiveSet> {
+        next.emits = self.current.load().emits.clone();
         self.current.swap(Arc::new(next))
     }
 }
@@ -70,6 +76,21 @@ impl Default for Live {
 pub struct LiveSet {
     handlers: BTreeMap<HandlerName, LiveHandler>,
     routes: RouteTable,
+    /// What the handlers have emitted, shared with every other set (module docs).
+    emits: Arc<ArcSwap<EmitGraph>>,
+}
+
+/// Why the events one invocation emitted cannot be committed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmitRefusal {
+    /// A handler they go to is full: wait for it to drain.
+    Full(Refusal),
+    /// They hold more deliveries for `handler` than its whole queue: they never fit.
+    NeverFits {
+        handler: HandlerName,
+        incoming: u64,
+        limit: u64,
+    },
 }
 
 /// One live handler: the version that runs its next delivery, and its slot.
@@ -87,7 +108,11 @@ impl LiveSet {
                 .iter()
                 .map(|(name, live)| (name, live.deployed.settings())),
         );
-        LiveSet { handlers, routes }
+        LiveSet {
+            handlers,
+            routes,
+            emits: Arc::default(),
+        }
     }
 
     pub fn handler(&self, name: &str) -> Option<&LiveHandler> {
@@ -104,13 +129,77 @@ impl LiveSet {
         self.routes.route(event)
     }
 
+    /// The routes of the live handlers.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// What the handlers have been seen to emit, as of now.
+    pub fn emit_graph(&self) -> Arc<EmitGraph> {
+        self.emits.load_full()
+    }
+
+    /// Record that `handler` emitted events of these types; types nobody subscribes to are
+    /// not kept (see [`EmitGraph`]).
+    pub fn learn_emits<'a>(&self, handler: &HandlerName, types: impl IntoIterator<Item = &'a str>) {
+        let known = self.emits.load();
+        let new: Vec<&str> = types
+            .into_iter()
+            .filter(|ty| self.routes.is_routed(ty) && !known.knows(handler, ty))
+            .collect();
+        if new.is_empty() {
+            // The common case: nothing new, no copy.
+            return;
+        }
+        self.emits.rcu(|graph| {
+            let mut graph = EmitGraph::clone(graph);
+            for ty in &new {
+                graph.learn(handler, ty);
+            }
+            graph
+        });
+    }
+
     /// Take room in the queue of every handler these events go to, or refuse the request
-    /// (see [`pressure::admit`]).
+    /// (see [`pressure::admit`]). Beyond those, every handler the events can reach through
+    /// what handlers emit must have room for one more: work that cannot drain downstream is
+    /// refused at the door rather than piling up in front of the full handler.
     pub fn admit(&self, routed: &[Routed]) -> Result<Admission, Refusal> {
         let mut incoming: HashMap<&HandlerName, u64> = HashMap::new();
         for delivery in routed.iter().flat_map(|r| &r.deliveries) {
             *incoming.entry(&delivery.handler).or_default() += 1;
         }
+        let graph = self.emits.load();
+        // Farthest first: when a chain backs up, every handler in front of the one that
+        // cannot keep up fills too, and the refusal should name the one that holds it up.
+        let mut downstream: Vec<(HandlerName, &str)> = Vec::new();
+        let mut walked: Vec<&str> = Vec::new();
+        for routed in routed.iter().filter(|r| !r.deliveries.is_empty()) {
+            let ty = routed.event.ty();
+            if walked.contains(&ty) {
+                continue;
+            }
+            walked.push(ty);
+            for handler in self.routes.reachable(ty, &graph).into_iter().rev() {
+                if !incoming.contains_key(&handler)
+                    && !downstream.iter().any(|(h, _)| h == &handler)
+                {
+                    downstream.push((handler, ty));
+                }
+            }
+        }
+        let downstream: Vec<Downstream<'_>> = downstream
+            .iter()
+            .filter_map(|(name, ty)| {
+                let live = self.handlers.get(name)?;
+                Some(Downstream {
+                    handler: name,
+                    queue: &live.slot.queue,
+                    limit: live.deployed.settings().max_pending,
+                    of_type: ty,
+                })
+            })
+            .collect();
         let demands: Vec<Demand<'_>> = incoming
             .into_iter()
             .filter_map(|(name, incoming)| {
@@ -123,7 +212,61 @@ impl LiveSet {
                 })
             })
             .collect();
-        pressure::admit(demands)
+        pressure::admit(demands, downstream)
+    }
+
+    /// Take room for the deliveries of the events handler `from` emitted, before they are
+    /// committed, in the queue of every handler they go to (routed by this set); or say why
+    /// not.
+    ///
+    /// A queue's limit holds for emitted deliveries as for those from ingress, with one
+    /// exception: a loop. When the handlers an invocation emits to lead back (through what
+    /// they emit) to the emitting handler, waiting for them could mean waiting for itself
+    /// (a full loop never drains when each member waits for the next). So when such an
+    /// invocation passes work along the loop without multiplying it (one delivery into the
+    /// loop for the one it settles), that delivery goes in whatever the limit; the hop
+    /// limit ends the loop, and ingress stops feeding it while it is full. An invocation
+    /// that multiplies work in a loop waits like any other.
+    pub fn admit_emitted(
+        &self,
+        from: &HandlerName,
+        emitted: &[Event],
+    ) -> Result<Admission, EmitRefusal> {
+        let mut incoming: BTreeMap<&HandlerName, u64> = BTreeMap::new();
+        for event in emitted {
+            for handler in self.routes.subscribers(event.ty()) {
+                *incoming.entry(handler).or_default() += 1;
+            }
+        }
+        let graph = self.emits.load();
+        let looping: Vec<&HandlerName> = incoming
+            .keys()
+            .copied()
+            .filter(|target| self.routes.leads_to(target, from, &graph))
+            .collect();
+        let into_loop: u64 = looping.iter().map(|h| incoming[h]).sum();
+        let mut demands = Vec::with_capacity(incoming.len());
+        for (name, incoming) in incoming {
+            let Some(live) = self.handlers.get(name) else {
+                continue;
+            };
+            let limit = live.deployed.settings().max_pending;
+            let passed_along = into_loop <= 1 && looping.contains(&name);
+            if !passed_along && incoming > limit {
+                return Err(EmitRefusal::NeverFits {
+                    handler: name.clone(),
+                    incoming,
+                    limit,
+                });
+            }
+            demands.push(Demand {
+                handler: name,
+                queue: &live.slot.queue,
+                limit: if passed_along { u64::MAX } else { limit },
+                incoming,
+            });
+        }
+        pressure::admit(demands, []).map_err(EmitRefusal::Full)
     }
 }
 

@@ -28,6 +28,9 @@ pub enum Outcome {
     Dead,
     /// Its state reads were stale at commit; it runs again at once, not counted as an attempt.
     Conflict,
+    /// A queue its emitted events go to stayed full; its effects were dropped and it runs
+    /// again later, not counted as an attempt.
+    Deferred,
 }
 
 impl Outcome {
@@ -38,6 +41,7 @@ impl Outcome {
             Outcome::Retry => "retry",
             Outcome::Dead => "dead",
             Outcome::Conflict => "conflict",
+            Outcome::Deferred => "deferred",
         }
     }
 }
@@ -49,7 +53,7 @@ pub struct Metrics {
     pub events_received: IntCounterVec,
     /// Requests refused by ingress, by HTTP status.
     pub ingress_rejected: IntCounterVec,
-    /// Finished invocations by handler and outcome: ok, retry, dead, conflict.
+    /// Finished invocations by handler and outcome: ok, retry, dead, conflict, deferred.
     pub deliveries: IntCounterVec,
     /// Wall-clock time of one invocation (instantiate + handle), by handler.
     pub handler_duration: HistogramVec,

@@ -2,19 +2,27 @@
 //! client to wait.
 //!
 //! Each deployed handler has a [`Queue`]: how many of its deliveries are appended and not yet
-//! settled, and how fast it has settled them lately. Ingress asks [`admit`] before it appends;
-//! the policy is that a request is refused whole if any handler it routes to would pass its
-//! `max_pending`. The check and the count are one atomic step per handler (a reservation), so
+//! settled, and how fast it has settled them lately. Whoever adds deliveries asks [`admit`]
+//! first: ingress before it appends, the scheduler before it commits the events an
+//! invocation emitted. The policy is that a request is refused whole if any handler it routes
+//! to would pass its `max_pending`, or if any handler downstream of those (reached through
+//! the events handlers emit) is full already: its work would only pile up in front of that
+//! handler. The check and the count are one atomic step per handler (a reservation), so
 //! concurrent requests cannot together overshoot the limit; a reservation that is not kept
 //! (the append failed, or the events were duplicates) is given back.
 //!
-//! Deliveries that do not come from ingress (the events a handler emits, a redrive) are
-//! counted with [`Queue::added`] but not refused here.
+//! Ingress answers a refusal with 429; the scheduler waits for the room
+//! ([`Queue::room_made`]), so a full handler slows down the handlers that feed it instead of
+//! letting its queue grow. Only a redrive, an operator's act, adds deliveries whatever the
+//! limit ([`Queue::added`]).
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::clock::Clock;
 use crate::name::HandlerName;
@@ -28,6 +36,8 @@ pub const MAX_DRAIN_WAIT: Duration = Duration::from_secs(60);
 pub struct Queue {
     pending: AtomicU64,
     drain: Mutex<DrainRate>,
+    /// Rung whenever room is made: a delivery settled, or a reservation given back.
+    room: Notify,
     clock: Clock,
 }
 
@@ -37,6 +47,7 @@ impl Queue {
         Queue {
             pending: AtomicU64::new(pending),
             drain: Mutex::new(DrainRate::new(clock.now_ms())),
+            room: Notify::new(),
             clock,
         }
     }
@@ -46,9 +57,16 @@ impl Queue {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Count `n` more deliveries whatever the limit (emitted events, redrives).
+    /// Count `n` more deliveries whatever the limit (a redrive).
     pub fn added(&self, n: u64) {
         self.pending.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Resolves once room is made in this queue after this call, even before it is first
+    /// polled (so a caller can ask, then look, then wait, without missing what happened in
+    /// between).
+    pub fn room_made(&self) -> Notified<'_> {
+        self.room.notified()
     }
 
     /// One delivery settled: it leaves the queue and counts toward the drain rate.
@@ -61,6 +79,7 @@ impl Queue {
         if let Ok(mut drain) = self.drain.lock() {
             drain.settled(self.clock.now_ms());
         }
+        self.room.notify_waiters();
     }
 
     /// Count `n` more if the queue stays within `limit`; else the count it holds now.
@@ -79,6 +98,9 @@ impl Queue {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
                 Some(pending.saturating_sub(n))
             });
+        if n > 0 {
+            self.room.notify_waiters();
+        }
     }
 
     /// How long until `excess` deliveries have drained, at the rate this queue settled them
@@ -100,6 +122,16 @@ pub struct Demand<'a> {
     pub incoming: u64,
 }
 
+/// A handler a request's events lead to beyond those they go to (through the events
+/// handlers emit): it must not be full.
+pub struct Downstream<'a> {
+    pub handler: &'a HandlerName,
+    pub queue: &'a Arc<Queue>,
+    pub limit: u64,
+    /// The type of the request's event that leads there.
+    pub of_type: &'a str,
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -107,6 +139,26 @@ pub struct Refusal {
     pub limit: u64,
     /// What the 429's `Retry-After` says.
     pub retry_after: Duration,
+    /// When the full handler is downstream of the request's events: the type that leads
+    /// there.
+    pub downstream_of: Option<String>,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Refusal { handler, limit, .. } = self;
+        match &self.downstream_of {
+            None => write!(
+                f,
+                "handler `{handler}` has {limit} deliveries waiting, its limit"
+            ),
+            Some(ty) => write!(
+                f,
+                "handler `{handler}`, downstream of `{ty}`, has {limit} deliveries waiting, \
+                 its limit: the work would pile up in front of it"
+            ),
+        }
+    }
 }
 
 /// Room taken in handlers' queues for one request. Dropped, it gives the room back; the
@@ -117,6 +169,13 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// An admission that took no room (a request that adds no deliveries).
+    pub fn empty() -> Admission {
+        Admission {
+            reserved: Vec::new(),
+        }
+    }
+
     /// The deliveries are stored, except `unstored` of them per handler (duplicates, which
     /// the store recognised and did not store again): keep the room of the rest.
     pub fn keep(mut self, unstored: impl Fn(&HandlerName) -> u64) {
@@ -134,11 +193,27 @@ impl Drop for Admission {
     }
 }
 
-/// The back-pressure rule: take room for every demand, or for none and say who is full.
-pub fn admit<'a>(demands: impl IntoIterator<Item = Demand<'a>>) -> Result<Admission, Refusal> {
-    let mut admission = Admission {
-        reserved: Vec::new(),
-    };
+/// The back-pressure rule: take room for every demand, or for none and say who is full; and
+/// refuse when a handler downstream is full. The downstream check reserves nothing (the
+/// work reaches those handlers later, if at all, and is held to their limit then); it only
+/// stops taking work that could not drain.
+pub fn admit<'a>(
+    demands: impl IntoIterator<Item = Demand<'a>>,
+    downstream: impl IntoIterator<Item = Downstream<'a>>,
+) -> Result<Admission, Refusal> {
+    for next in downstream {
+        let waiting = next.queue.pending();
+        if waiting >= next.limit {
+            let excess = waiting + 1 - next.limit;
+            return Err(Refusal {
+                handler: next.handler.clone(),
+                limit: next.limit,
+                retry_after: next.queue.time_to_drain(excess),
+                downstream_of: Some(next.of_type.to_owned()),
+            });
+        }
+    }
+    let mut admission = Admission::empty();
     for demand in demands {
         if let Err(waiting) = demand.queue.try_reserve(demand.incoming, demand.limit) {
             // `admission` drops here and gives back what it took so far.
@@ -147,6 +222,7 @@ pub fn admit<'a>(demands: impl IntoIterator<Item = Demand<'a>>) -> Result<Admiss
                 handler: demand.handler.clone(),
                 limit: demand.limit,
                 retry_after: demand.queue.time_to_drain(excess.max(1)),
+                downstream_of: None,
             });
         }
         admission.reserved.push((
@@ -215,7 +291,7 @@ mod tests {
                 },
             ]
         };
-        let refused = admit(demand(3)).err().expect("b would hold 11");
+        let refused = admit(demand(3), []).err().expect("b would hold 11");
         assert_eq!((refused.handler.as_str(), refused.limit), ("b", 10));
         assert_eq!(refused.retry_after, UNKNOWN_DRAIN_WAIT);
         assert_eq!(
@@ -224,10 +300,10 @@ mod tests {
             "nothing kept of a refusal"
         );
 
-        let admitted = admit(demand(2)).expect("b holds exactly 10");
+        let admitted = admit(demand(2), []).expect("b holds exactly 10");
         assert_eq!((qa.pending(), qb.pending()), (2, 10));
         assert!(
-            admit(demand(1)).is_err(),
+            admit(demand(1), []).is_err(),
             "the room is taken until given back"
         );
         drop(admitted);
@@ -238,7 +314,7 @@ mod tests {
         );
 
         // Kept, minus the duplicates the store did not store again.
-        admit(demand(2))
+        admit(demand(2), [])
             .unwrap()
             .keep(|h| if h == &a { 1 } else { 0 });
         assert_eq!((qa.pending(), qb.pending()), (1, 10));
@@ -254,12 +330,15 @@ mod tests {
                     scope.spawn(|| {
                         (0..100)
                             .filter_map(|_| {
-                                admit([Demand {
-                                    handler: &handler,
-                                    queue: &queue,
-                                    limit: 250,
-                                    incoming: 1,
-                                }])
+                                admit(
+                                    [Demand {
+                                        handler: &handler,
+                                        queue: &queue,
+                                        limit: 250,
+                                        incoming: 1,
+                                    }],
+                                    [],
+                                )
                                 .ok()
                             })
                             .collect::<Vec<_>>()
@@ -273,6 +352,61 @@ mod tests {
         });
         assert_eq!(admitted.len(), 250);
         assert_eq!(queue.pending(), 250);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_handler_downstream_refuses_without_taking_room_anywhere() {
+        let clock = Clock::new();
+        let (up, down) = (name("up"), name("down"));
+        let (qu, qd) = (
+            Arc::new(Queue::new(0, clock)),
+            Arc::new(Queue::new(3, clock)),
+        );
+        let request = |down_limit| {
+            let demand = Demand {
+                handler: &up,
+                queue: &qu,
+                limit: 10,
+                incoming: 1,
+            };
+            let downstream = Downstream {
+                handler: &down,
+                queue: &qd,
+                limit: down_limit,
+                of_type: "up.v1",
+            };
+            admit([demand], [downstream])
+        };
+        let refused = request(3).err().expect("down is full");
+        assert_eq!(refused.handler, down);
+        assert_eq!(refused.downstream_of.as_deref(), Some("up.v1"));
+        assert!(
+            refused.to_string().contains("downstream of `up.v1`"),
+            "{refused}"
+        );
+        assert_eq!((qu.pending(), qd.pending()), (0, 3));
+        // Room for one more downstream is enough; nothing is reserved there.
+        request(4).expect("down has room").keep(|_| 0);
+        assert_eq!((qu.pending(), qd.pending()), (1, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_made_wakes_a_waiter_that_asked_before_it_looked() {
+        let queue = Queue::new(2, Clock::new());
+        let room = queue.room_made();
+        queue.settled();
+        // Not polled until now, and still woken.
+        tokio::time::timeout(Duration::from_secs(1), room)
+            .await
+            .expect("woken by the settle");
+        let room = queue.room_made();
+        queue.release(0);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), room)
+                .await
+                .is_err(),
+            "nothing given back, no room made"
+        );
     }
 
     #[tokio::test(start_paused = true)]

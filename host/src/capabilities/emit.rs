@@ -3,8 +3,10 @@
 //! The host completes each event: `id` derived from the event being handled, the handler and
 //! the emit index (so a re-run of the same delivery emits the same ids, and the store's
 //! dedupe on `source` + `id` makes the re-run harmless); `source` names the handler; `time`
-//! is now; `causationid` is the handled event's id and `correlationid` is carried from it (or
-//! starts at it). Every other attribute must pass the rules an event posted over HTTP does.
+//! is now; `causationid` is the handled event's id, `correlationid` is carried from it (or
+//! starts at it) and `causationdepth` is one more than its own (0 when it has none), which
+//! the scheduler's hop limit reads to stop a loop of emits. Every other attribute must pass
+//! the rules an event posted over HTTP does.
 //! Emitted events are only staged here: they enter the log and the router when the invocation
 //! commits.
 
@@ -14,7 +16,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Result;
 
 use super::Invocation;
-use crate::event::EventBuilder;
+use crate::event::{CAUSATION_DEPTH, EventBuilder};
 use crate::name::HandlerName;
 use crate::wit::evhost::handler::emit::{Host, OutgoingEvent};
 
@@ -23,7 +25,7 @@ use crate::wit::evhost::handler::emit::{Host, OutgoingEvent};
 pub const MAX_DATA_BYTES: usize = 1 << 20;
 
 /// Extensions the host sets on every emitted event; a handler may not set them itself.
-const HOST_EXTENSIONS: &[&str] = &["causationid", "correlationid"];
+const HOST_EXTENSIONS: &[&str] = &["causationid", "correlationid", CAUSATION_DEPTH];
 
 impl Host for Invocation {
     fn publish(&mut self, event: OutgoingEvent) -> Result<Result<String, String>> {
@@ -79,6 +81,14 @@ impl Invocation {
             "correlationid".to_owned(),
             self.parent.correlation_id.clone(),
         );
+        // Saturating, and within the 32-bit range the event rules allow: past the hop limit
+        // the commit refuses the event anyway, whatever its exact depth.
+        let depth = self
+            .parent
+            .depth
+            .saturating_add(1)
+            .min(i32::MAX.unsigned_abs());
+        extensions.insert(CAUSATION_DEPTH.to_owned(), depth.to_string());
         let datacontenttype = match (out.datacontenttype, &out.data) {
             (None, Some(_)) => Some("application/json".to_owned()),
             (ct, _) => ct,

@@ -68,6 +68,8 @@ struct ParentEvent {
     source: String,
     correlation_id: String,
     traceparent: Option<String>,
+    /// Its `causationdepth`: the events it emits are one deeper.
+    depth: u32,
 }
 
 impl Invocation {
@@ -84,6 +86,7 @@ impl Invocation {
                     .unwrap_or(event.id())
                     .to_owned(),
                 traceparent: event.extension("traceparent").map(str::to_owned),
+                depth: event.causation_depth(),
             },
             state,
             staged: Staged::default(),

@@ -3,8 +3,8 @@
 //! [`binding`] decodes and validates a request (binary, structured or batch mode) into
 //! [`Event`](crate::event::Event)s; [`problem`] answers every error as problem+json. The
 //! handler here reads the body under the size limit, routes each event, refuses with 429
-//! when a target handler's queue is full, appends to the store and answers 202 only once
-//! the append is durable. Ingress never runs or touches handlers: it routes by the live set,
+//! when a target handler's queue is full (or one downstream of it), appends to the store
+//! and answers 202 only once the append is durable. Ingress never runs or touches handlers: it routes by the live set,
 //! asks back-pressure ([`crate::pressure`]) for room, hands deliveries to the store and wakes
 //! the handlers' workers.
 //!
@@ -147,19 +147,14 @@ async fn ingest(
         let ty = unrouted.event.ty().to_owned();
         return at(index, IngressError::Unrouted { ty }).into_response();
     }
-    // Back-pressure: room in every target handler's queue, or the whole request is refused.
+    // Back-pressure: room in every target handler's queue, and none full downstream of them,
+    // or the whole request is refused.
     let admission = match live.admit(&routed) {
         Ok(admission) => admission,
         Err(full) => {
-            return Problem::too_many_requests(
-                full.retry_after,
-                format!(
-                    "handler `{}` has {} deliveries waiting, its limit",
-                    full.handler, full.limit
-                ),
-            )
-            .with_member("handler", full.handler.to_string())
-            .into_response();
+            return Problem::too_many_requests(full.retry_after, full.to_string())
+                .with_member("handler", full.handler.to_string())
+                .into_response();
         }
     };
 

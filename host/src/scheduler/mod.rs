@@ -19,11 +19,19 @@
 //!   is durable, so a later read of the store can no longer see it pending.
 //! - A delivery runs on the version live when it starts (re-runs after a state conflict take
 //!   the version live then); a new version never interrupts one that runs.
+//! - A success's emitted events are committed only with room for their deliveries taken in
+//!   every queue they go to ([`crate::live::LiveSet::admit_emitted`]): while a queue is full
+//!   the invocation waits for room, holding its permit (so a full handler slows down those
+//!   that feed it), for at most [`ROOM_WAIT`]; then its effects are dropped and it runs
+//!   again later. Neither counts as a failed attempt, and the commit stays all or nothing.
+//! - An emitted event past [`MAX_CAUSATION_DEPTH`] is never committed: the delivery that
+//!   emitted it is dead-lettered, naming the loop.
 
 mod select;
 
 pub use select::{Backlog, KEY_LOOKAHEAD, Read, Selection, TokenBucket, Window, select};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +41,12 @@ use tokio::sync::{mpsc, watch};
 use crate::capabilities::Staged;
 use crate::clock::Clock;
 use crate::config::Backoff;
-use crate::live::{HandlerSlot, Live};
+use crate::event::Event;
+use crate::live::{EmitRefusal, HandlerSlot, Live, LiveSet};
 use crate::metrics::{Metrics, Outcome};
 use crate::name::HandlerName;
+use crate::pressure::Admission;
+use crate::router::describe_loop;
 use crate::runtime::{DeployedHandler, InvokeError, Runtime};
 use crate::store::{Commit, Committed, Failure, PendingDelivery, Store, StoreResult};
 
@@ -61,6 +72,24 @@ const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// again (not counted as an attempt: the lack of room was the host's).
 const NO_CAPACITY_PAUSE: Duration = Duration::from_millis(250);
 
+/// The longest chain of causes: an event a producer sent has depth 0 (or the
+/// `causationdepth` it came with), an event a handler emitted has its cause's depth + 1. A
+/// success that emits an event deeper than this is not committed: the delivery is
+/// dead-lettered with the loop named, since a chain this long is a loop of emits far more
+/// often than a design.
+pub const MAX_CAUSATION_DEPTH: u32 = 32;
+
+/// How long a success waits, holding its permit, for room in a full queue its emitted
+/// events go to. Past it the invocation's effects are dropped and the delivery runs again
+/// once the full queue is expected to have drained; neither counts as a failed attempt.
+/// Long enough that a queue which drains at all makes room first, short enough that the
+/// permits are not held for a queue that does not drain (its handler failing, say).
+pub const ROOM_WAIT: Duration = Duration::from_secs(10);
+
+/// While waiting for room, how often a success looks again even when the full queue has
+/// not rung: a redeploy may have changed the routes or the limit.
+const ROOM_RECHECK: Duration = Duration::from_secs(1);
+
 /// Runs every live handler's deliveries.
 pub struct Scheduler {
     store: Store,
@@ -82,6 +111,16 @@ enum AfterRun {
 struct Finished {
     id: i64,
     after: AfterRun,
+}
+
+/// Whether a success's emitted events may be committed.
+enum Room {
+    /// Yes: the room is taken in every queue they go to, as routed by this live set.
+    Taken(Arc<LiveSet>, Admission),
+    /// Never: dead-letter the delivery, for this reason.
+    Refused(String),
+    /// Not now: run the delivery again at this time (unix ms).
+    Later { retry_at_ms: i64 },
 }
 
 impl Scheduler {
@@ -335,7 +374,25 @@ impl Scheduler {
                 }
                 Err(error) => break self.record_failure(&deployed, &delivery, error).await,
             };
-            match self.commit(&deployed, &delivery, staged).await {
+            let (live, admission) = match self.make_room(deployed.name(), &staged.emitted).await {
+                Room::Taken(live, admission) => (live, admission),
+                Room::Refused(reason) => {
+                    break self
+                        .settle_failure(&deployed, &delivery, reason, false)
+                        .await;
+                }
+                Room::Later { retry_at_ms } => {
+                    self.count(deployed.name(), Outcome::Deferred);
+                    let after = AfterRun::Again {
+                        not_before_ms: retry_at_ms,
+                    };
+                    return (delivery, after);
+                }
+            };
+            match self
+                .commit(&deployed, &delivery, staged, &live, admission)
+                .await
+            {
                 Ok(Committed::Done { .. }) => {
                     self.count(deployed.name(), Outcome::Ok);
                     break Ok(None);
@@ -385,15 +442,84 @@ impl Scheduler {
         }
     }
 
-    /// Commit a success, and wake the handlers of the events it emitted. The emitted events
-    /// are routed by the live set of now, as if they had been posted now.
+    /// Whether the events handler `from` emitted may be committed: none past the hop limit,
+    /// and room taken for their deliveries in every queue they go to, waiting for it (at
+    /// most [`ROOM_WAIT`]) while one is full.
+    async fn make_room(&self, from: &HandlerName, emitted: &[Event]) -> Room {
+        let live = self.live.current();
+        if emitted.is_empty() {
+            return Room::Taken(live, Admission::empty());
+        }
+        // Learned first, so that the loop below, and ingress from now on, know the way.
+        live.learn_emits(from, emitted.iter().map(Event::ty));
+        if let Some(reason) = past_hop_limit(&live, from, emitted) {
+            return Room::Refused(reason);
+        }
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        let mut shutdown = self.shutdown.subscribe();
+        let mut live = live;
+        loop {
+            let full = match live.admit_emitted(from, emitted) {
+                Ok(admission) => return Room::Taken(live, admission),
+                Err(EmitRefusal::Full(full)) => full,
+                Err(EmitRefusal::NeverFits {
+                    handler,
+                    incoming,
+                    limit,
+                }) => {
+                    return Room::Refused(format!(
+                        "the events emitted hold {incoming} deliveries for handler `{handler}`, \
+                         more than its whole queue (`max_pending` = {limit}): they can never \
+                         be committed; raise its `max_pending` or emit fewer, then redrive"
+                    ));
+                }
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline || *shutdown.borrow() {
+                tracing::info!(
+                    handler = from.as_str(),
+                    full = full.handler.as_str(),
+                    "the queue its events go to stayed full; it runs again later"
+                );
+                let retry_at_ms = self.clock.now_ms() + full.retry_after.as_millis() as i64;
+                return Room::Later { retry_at_ms };
+            }
+            let Some(queue) = live
+                .handler(full.handler.as_str())
+                .map(|h| h.slot.queue.clone())
+            else {
+                // The refusal came from this set, which holds the handler; never here, but
+                // should it be, look again later rather than at once.
+                tokio::time::sleep(ROOM_RECHECK).await;
+                live = self.live.current();
+                continue;
+            };
+            // Asked before looking again, so that room made after the look still wakes us.
+            let room = queue.room_made();
+            live = self.live.current();
+            if let Ok(admission) = live.admit_emitted(from, emitted) {
+                return Room::Taken(live, admission);
+            }
+            let recheck = deadline.min(now + ROOM_RECHECK);
+            tokio::select! {
+                () = room => {}
+                () = tokio::time::sleep_until(recheck) => {}
+                _ = shutdown.changed() => {}
+            }
+            live = self.live.current();
+        }
+    }
+
+    /// Commit a success with the room `admission` took for its emitted events, and wake the
+    /// handlers of those events. They are routed by `live`, the set the room was taken in.
     async fn commit(
         &self,
         deployed: &DeployedHandler,
         delivery: &PendingDelivery,
         staged: Staged,
+        live: &LiveSet,
+        admission: Admission,
     ) -> StoreResult<Committed> {
-        let live = self.live.current();
         let emitted: Vec<_> = staged.emitted.into_iter().map(|e| live.route(e)).collect();
         let targets: Vec<Vec<HandlerName>> = emitted
             .iter()
@@ -410,16 +536,19 @@ impl Scheduler {
             })
             .await?;
         if let Committed::Done { emitted } = &committed {
+            // The room of the events stored again (duplicates of an earlier run's) goes
+            // back; the rest is kept, and their handlers are woken.
+            let mut unstored: HashMap<&HandlerName, u64> = HashMap::new();
             for (appended, handlers) in emitted.iter().zip(&targets) {
-                if !appended.is_new() {
-                    continue;
-                }
                 for handler in handlers {
-                    if let Some(target) = live.handler(handler.as_str()) {
-                        target.slot.appended(1);
+                    if !appended.is_new() {
+                        *unstored.entry(handler).or_default() += 1;
+                    } else if let Some(target) = live.handler(handler.as_str()) {
+                        target.slot.wake.notify_one();
                     }
                 }
             }
+            admission.keep(|handler| unstored.get(handler).copied().unwrap_or(0));
             tracing::debug!(
                 handler = deployed.name().as_str(),
                 event_id = delivery.event.id(),
@@ -443,12 +572,25 @@ impl Scheduler {
         delivery: &PendingDelivery,
         error: InvokeError,
     ) -> StoreResult<Option<i64>> {
+        let retryable = error.is_retryable();
+        self.settle_failure(deployed, delivery, error.to_string(), retryable)
+            .await
+    }
+
+    /// Record a failed attempt with this message: retried with backoff if `retryable` and
+    /// attempts are left (`Ok(Some(when))`), else dead-lettered (`Ok(None)`).
+    async fn settle_failure(
+        &self,
+        deployed: &DeployedHandler,
+        delivery: &PendingDelivery,
+        message: String,
+        retryable: bool,
+    ) -> StoreResult<Option<i64>> {
         let settings = deployed.settings();
         let attempt = delivery.attempts + 1;
-        let retry_at_ms = (error.is_retryable() && attempt < settings.max_attempts).then(|| {
+        let retry_at_ms = (retryable && attempt < settings.max_attempts).then(|| {
             self.clock.now_ms() + backoff_delay(&settings.backoff, attempt).as_millis() as i64
         });
-        let message = error.to_string();
         let (handler, event_id) = (deployed.name().as_str(), delivery.event.id());
         match retry_at_ms {
             Some(_) => tracing::warn!(
@@ -480,6 +622,26 @@ impl Scheduler {
         self.count(deployed.name(), outcome);
         Ok(retry_at_ms)
     }
+}
+
+/// Why these emitted events may not be committed, if one is past [`MAX_CAUSATION_DEPTH`]:
+/// the loop it went round, as far as the handlers have shown it.
+fn past_hop_limit(live: &LiveSet, from: &HandlerName, emitted: &[Event]) -> Option<String> {
+    let deepest = emitted.iter().max_by_key(|e| e.causation_depth())?;
+    let depth = deepest.causation_depth();
+    if depth <= MAX_CAUSATION_DEPTH {
+        return None;
+    }
+    let ty = deepest.ty();
+    let path = match live.routes().loop_back(from, ty, &live.emit_graph()) {
+        Some(hops) => format!("the events loop {}", describe_loop(from, &hops)),
+        None => format!("`{from}` emitted `{ty}`, and no loop back to it is known"),
+    };
+    Some(format!(
+        "hop limit: the `{ty}` emitted would be {depth} hops from the event that started its \
+         chain of causes (`causationdepth` {depth}), past the limit of {MAX_CAUSATION_DEPTH}; \
+         {path}"
+    ))
 }
 
 fn record(backlog: &mut Backlog, Finished { id, after }: Finished) {
