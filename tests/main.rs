@@ -24,5 +24,6 @@ mod operate;
 mod ownership;
 mod polyglot;
 mod producers;
+mod retention;
 mod shop;
 mod window;
