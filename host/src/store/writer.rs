@@ -9,8 +9,9 @@
 //! single client, a request waits for no one.
 //!
 //! Upkeep that SQLite runs only outside a transaction (a WAL checkpoint, an incremental
-//! vacuum) is queued the same way and runs alone, between two groups, so that it never
-//! waits for the writer nor the writer for it.
+//! vacuum) is queued the same way and runs alone on this thread, between two groups: it
+//! never contends with the writer for SQLite's write lock, and writes queue behind it as
+//! behind one group, so each upkeep step is kept short.
 
 use std::sync::mpsc;
 use std::time::Instant;
