@@ -27,5 +27,6 @@ mod operate;
 mod ownership;
 mod polyglot;
 mod producers;
+mod retention;
 mod shop;
 mod window;

@@ -1,4 +1,5 @@
-//! The admin API: the event log, handler state, deployed handlers, dead letters, metrics.
+//! The admin API: the event log, handler state, deployed handlers, dead letters, metrics,
+//! store upkeep.
 //!
 //! Reads go to the store and the live set. Changes go through their owners: deploys,
 //! rollbacks and removals are plans for the [`Deployer`]; a dead-letter redrive puts the
@@ -19,9 +20,9 @@ use serde::Deserialize;
 
 use crate::access::{AdminToken, Guard};
 use crate::api::{
-    AttemptView, DeadLetterPage, DeadLetterView, DeliveryView, DeployAnswer, EventJson, EventsPage,
-    HandlerList, HandlerView, LoggedEventView, RedriveAnswer, RemoveAnswer, RollbackAnswer,
-    VersionView, rfc3339,
+    AttemptView, CompactAnswer, DeadLetterPage, DeadLetterView, DeliveryView, DeployAnswer,
+    EventJson, EventsPage, HandlerList, HandlerView, LoggedEventView, RedriveAnswer, RemoveAnswer,
+    RollbackAnswer, VersionView, rfc3339,
 };
 use crate::config::HandlerSettings;
 use crate::deploy::{Change, DeployError, Deployer};
@@ -83,6 +84,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/deadletters/redrive", post(redrive_all))
         .route("/admin/deadletters/{id}", get(dead_letter).delete(discard))
         .route("/admin/deadletters/{id}/redrive", post(redrive))
+        .route("/admin/compact", post(compact))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -631,6 +633,18 @@ async fn remove(
     }
 }
 
+/// `POST /admin/compact`: hand the store's free pages back to the file system and empty the
+/// WAL, while the host runs; the sizes before and after.
+async fn compact(State(app): State<Arc<AdminState>>) -> Answer<CompactAnswer> {
+    let compacted = app.store.compact().await?;
+    Ok(Json(CompactAnswer {
+        before: compacted.before.into(),
+        after: compacted.after.into(),
+        vacuumed_pages: compacted.vacuumed_pages,
+        wal_truncated: compacted.checkpoint.truncated,
+    }))
+}
+
 /// Every `/admin/*` request passes the [`Guard`], and needs `Authorization: Bearer <token>`
 /// when a token is set ([`crate::access`] says why each check).
 async fn require_token(
@@ -700,6 +714,7 @@ async fn metrics(State(app): State<Arc<AdminState>>) -> Result<Response, AdminEr
             .with_label_values(&[handler.as_str()])
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
+    app.store.refresh_size_metrics().await?;
     let cache = app.runtime.cache_stats();
     metrics
         .compile_cache

@@ -79,6 +79,44 @@ pub struct RollbackAnswer {
     pub module_sha256: String,
 }
 
+/// `POST /admin/compact`: the store's sizes before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactAnswer {
+    pub before: StoreSizes,
+    pub after: StoreSizes,
+    /// Free pages handed back to the file system.
+    pub vacuumed_pages: u64,
+    /// The WAL was checkpointed whole and emptied; `false` when a reader kept part of it.
+    pub wal_truncated: bool,
+}
+
+/// The store's sizes, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSizes {
+    /// The database file, free pages included.
+    pub database_bytes: u64,
+    pub wal_bytes: u64,
+    /// Pages in use: what `[retention] max_log_bytes` bounds.
+    pub used_bytes: u64,
+    /// Free pages inside the file, which new rows reuse.
+    pub free_bytes: u64,
+    /// Whether free pages can be handed back while the host runs (`evhost compact --data`
+    /// turns it on for a store created without it).
+    pub incremental_vacuum: bool,
+}
+
+impl From<crate::store::Sizes> for StoreSizes {
+    fn from(sizes: crate::store::Sizes) -> StoreSizes {
+        StoreSizes {
+            database_bytes: sizes.database_bytes,
+            wal_bytes: sizes.wal_bytes,
+            used_bytes: sizes.used_bytes,
+            free_bytes: sizes.free_bytes,
+            incremental_vacuum: sizes.incremental_vacuum,
+        }
+    }
+}
+
 /// `DELETE /admin/handlers/{name}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoveAnswer {

@@ -10,8 +10,8 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    DeadLetterPage, DeadLetterView, DeployAnswer, EventsPage, HandlerList, HandlerView,
-    IngestAnswer, ProblemView, RedriveAnswer, RemoveAnswer, RollbackAnswer,
+    CompactAnswer, DeadLetterPage, DeadLetterView, DeployAnswer, EventsPage, HandlerList,
+    HandlerView, IngestAnswer, ProblemView, RedriveAnswer, RemoveAnswer, RollbackAnswer,
 };
 
 /// Why a call did not succeed.
@@ -284,6 +284,12 @@ impl Client {
         self.exchange(self.request(Method::DELETE, &path))
             .await
             .map(drop)
+    }
+
+    /// `POST /admin/compact`: free pages back to the file system, the WAL emptied.
+    pub async fn compact(&self) -> Result<CompactAnswer, ClientError> {
+        self.call(self.request(Method::POST, "/admin/compact"))
+            .await
     }
 
     /// `GET /admin/state/{handler}/{key}`: the stored bytes, `None` when the key is absent.

@@ -89,9 +89,36 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(30_000);
 /// retry more than a day away is a dead letter in all but name.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 
-const TOP_KEYS: &[&str] = &["app", "handler", "ingress"];
+const TOP_KEYS: &[&str] = &["app", "handler", "ingress", "retention"];
 const APP_KEYS: &[&str] = &["name"];
 const INGRESS_KEYS: &[&str] = &["accept", "unrouted", "max_batch"];
+const RETENTION_KEYS: &[&str] = &["done_after", "max_log_bytes", "versions_kept", "interval"];
+
+/// How long a settled event stays in the log when `[retention] done_after` is not set: the
+/// week a producer's retry, an operator's look or a replay most often needs, and the least
+/// time dedupe on (`source`, `id`) is promised for.
+pub const DEFAULT_DONE_AFTER: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Versions of each handler kept, beyond the live one and the one a rollback returns to,
+/// when `[retention] versions_kept` is not set; older ones are deleted, with every module
+/// no kept version uses.
+pub const DEFAULT_VERSIONS_KEPT: u32 = 10;
+
+/// Upper bound for `versions_kept`: enough for any release history, small enough that the
+/// pass that counts them stays cheap.
+pub const MAX_VERSIONS_KEPT: u32 = 100_000;
+
+/// How often retention runs when `[retention] interval` is not set.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Bounds for `interval`: below the lower one a pass would run back to back with the
+/// next; above the upper one the log and the WAL could grow for too long unchecked.
+pub const MIN_RETENTION_INTERVAL: Duration = Duration::from_millis(10);
+pub const MAX_RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Lower bound for `max_log_bytes`: an empty store with a few modules takes about this much,
+/// so a smaller limit could never be met.
+pub const MIN_MAX_LOG_BYTES: u64 = 1 << 20;
 
 /// Events one batch request may hold when `[ingress] max_batch` is not set; a larger batch is
 /// refused with 413 before its events are decoded.
@@ -134,6 +161,38 @@ pub struct Manifest {
     pub handlers: Vec<HandlerSpec>,
     /// What ingress takes from producers.
     pub ingress: IngressPolicy,
+    /// What the store deletes, and when.
+    pub retention: RetentionPolicy,
+}
+
+/// The `[retention]` table: what the store deletes in the background, and when. Nothing
+/// with a delivery still pending or dead is ever deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// An event whose deliveries all settled (done or discarded) this long ago, or that had
+    /// none and was received this long ago, is deleted with its deliveries and their
+    /// attempts; with it goes its dedupe key. `None` (`"never"`): settled events stay.
+    pub done_after: Option<Duration>,
+    /// When the database's pages in use pass this many bytes, the oldest settled events are
+    /// deleted first, whatever their age, until it is under again; if what is left cannot go
+    /// (pending or dead), the host says so in its log and on `/metrics` and takes events on.
+    /// `None`: no limit.
+    pub max_log_bytes: Option<u64>,
+    /// Versions of each handler kept beyond the live one and the one a rollback returns to.
+    pub versions_kept: u32,
+    /// How often the background pass runs (and the WAL is checkpointed).
+    pub interval: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> RetentionPolicy {
+        RetentionPolicy {
+            done_after: Some(DEFAULT_DONE_AFTER),
+            max_log_bytes: None,
+            versions_kept: DEFAULT_VERSIONS_KEPT,
+            interval: DEFAULT_RETENTION_INTERVAL,
+        }
+    }
 }
 
 /// The `[ingress]` table: which events producers may send.
@@ -638,11 +697,13 @@ impl Manifest {
         let mut app = None;
         let mut handlers = Vec::new();
         let mut ingress = IngressPolicy::default();
+        let mut retention = RetentionPolicy::default();
         for (key, value) in sorted(&root) {
             match key.as_str() {
                 "app" => app = read_app(value, &mut report),
                 "handler" => handlers = read_handlers(value, &dir, &mut report),
                 "ingress" => ingress = read_ingress(value, &mut report),
+                "retention" => retention = read_retention(value, &mut report),
                 _ => report.unknown_key(key, TOP_KEYS),
             }
         }
@@ -659,6 +720,7 @@ impl Manifest {
                 app,
                 handlers,
                 ingress,
+                retention,
             }),
             _ => Err(report.into_error()),
         }
@@ -843,6 +905,85 @@ fn read_ingress(value: &Value, report: &mut Report) -> IngressPolicy {
         }
     }
     policy
+}
+
+fn read_retention(value: &Value, report: &mut Report) -> RetentionPolicy {
+    let mut policy = RetentionPolicy::default();
+    let Some(table) = value.as_table() else {
+        report.problem("retention", format!("expected a table, got {}", got(value)));
+        return policy;
+    };
+    for (key, value) in sorted(table) {
+        let at = format!("retention.{key}");
+        match key.as_str() {
+            "done_after" => {
+                if value.as_str() == Some("never") {
+                    policy.done_after = None;
+                } else if let Some(after) = report.check(&at, duration(value, Duration::MAX)) {
+                    policy.done_after = Some(after);
+                }
+            }
+            "max_log_bytes" => {
+                policy.max_log_bytes = report.check(&at, byte_size(value, MIN_MAX_LOG_BYTES));
+            }
+            "versions_kept" => {
+                if let Some(kept) = report.check(&at, integer(value, 0, MAX_VERSIONS_KEPT)) {
+                    policy.versions_kept = kept;
+                }
+            }
+            "interval" => match duration(value, MAX_RETENTION_INTERVAL) {
+                Ok(every) if every >= MIN_RETENTION_INTERVAL => policy.interval = every,
+                Ok(_) => report.problem(
+                    &at,
+                    format!(
+                        "must be at least {}, got {}",
+                        humantime::format_duration(MIN_RETENTION_INTERVAL),
+                        got(value)
+                    ),
+                ),
+                Err(why) => report.problem(&at, why),
+            },
+            _ => report.unknown_key(&at, RETENTION_KEYS),
+        }
+    }
+    policy
+}
+
+/// A duration as a person writes it (`"7d"`, `"12h 30m"`, `"100ms"`), from 1 ms to `max`.
+fn duration(value: &Value, max: Duration) -> Result<Duration, String> {
+    let expected = "expected a duration such as \"7d\", \"12h\" or \"100ms\"";
+    let text = value
+        .as_str()
+        .ok_or_else(|| format!("{expected}, got {}", got(value)))?;
+    let parsed = humantime::parse_duration(text)
+        .map_err(|err| format!("{expected}, got {}: {err}", got(value)))?;
+    if parsed < Duration::from_millis(1) {
+        return Err(format!("must be at least 1ms, got {}", got(value)));
+    }
+    if parsed > max {
+        return Err(format!(
+            "must be at most {}, got {}",
+            humantime::format_duration(max),
+            got(value)
+        ));
+    }
+    Ok(parsed)
+}
+
+/// A size in bytes: a whole number, or a string with a unit (`"512 MiB"`, `"10GB"`), at
+/// least `min`.
+fn byte_size(value: &Value, min: u64) -> Result<u64, String> {
+    let expected = "expected a size in bytes, a whole number or a string such as \"10 GiB\"";
+    let bytes = match value {
+        Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{expected}, got {n}"))?,
+        Value::String(text) => parse_size::parse_size(text)
+            .map_err(|err| format!("{expected}, got {}: {err}", got(value)))?,
+        _ => return Err(format!("{expected}, got {}", got(value))),
+    };
+    if bytes < min {
+        return Err(format!("must be at least {min} bytes, got {}", got(value)));
+    }
+    Ok(bytes)
 }
 
 fn read_handlers(value: &Value, dir: &Path, report: &mut Report) -> Vec<HandlerSpec> {
@@ -1338,6 +1479,7 @@ subscribe = ["com.example.shop.shipment.created.v1"]
                 },
             ],
             ingress: IngressPolicy::default(),
+            retention: RetentionPolicy::default(),
         };
         assert_eq!(manifest, expected);
 
@@ -1406,7 +1548,7 @@ subscribe = ["com.example.a.v1"]
                 "examples/shop/evhost.toml: handler `payment`: key `timeout_ms`: expected an integer from 1 to 600000, got 0",
                 "examples/shop/evhost.toml: handler #3: key `name`: missing required key",
                 "examples/shop/evhost.toml: handler `inventory`: key `name`: handlers #1 and #4 are both named `inventory`",
-                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, handler, ingress)",
+                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, handler, ingress, retention)",
             ]
         );
     }
@@ -1864,6 +2006,64 @@ backoff = { max_ms = 1000 }
             "key `ingress.unrouted`: expected \"store\" or \"refuse\", got \"drop\"",
             "key `ingress.max_batch`: expected a whole number from 1 to 10000, got 0",
             "key `ingress.limit`: unknown key (expected one of: accept, unrouted, max_batch)",
+        ] {
+            assert!(error.contains(expected), "{expected}\nnot in\n{error}");
+        }
+    }
+
+    #[test]
+    fn the_retention_table_is_read_and_its_mistakes_named() {
+        let read = |table: &str| {
+            Manifest::parse(
+                &format!("[app]\nname = \"a\"\n[retention]\n{table}\n"),
+                manifest_path(),
+            )
+            .map(|m| m.retention)
+        };
+        assert_eq!(read("").unwrap(), RetentionPolicy::default());
+        let policy = read(
+            "done_after = \"100ms\"\nmax_log_bytes = \"64 MiB\"\nversions_kept = 2\ninterval = \"2s\"",
+        )
+        .unwrap();
+        assert_eq!(
+            policy,
+            RetentionPolicy {
+                done_after: Some(Duration::from_millis(100)),
+                max_log_bytes: Some(64 << 20),
+                versions_kept: 2,
+                interval: Duration::from_secs(2),
+            }
+        );
+        let policy = read("done_after = \"never\"\nmax_log_bytes = 10485760").unwrap();
+        assert_eq!(policy.done_after, None);
+        assert_eq!(policy.max_log_bytes, Some(10 << 20));
+        assert_eq!(
+            read("done_after = \"7d\"").unwrap().done_after,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+
+        let error = read(
+            "done_after = \"soon\"\nmax_log_bytes = \"1 KiB\"\nversions_kept = -1\n\
+             interval = \"1ms\"\nkeep = 3",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "key `retention.done_after`: expected a duration such as \"7d\", \"12h\" or \"100ms\", got \"soon\"",
+            "key `retention.max_log_bytes`: must be at least 1048576 bytes, got \"1 KiB\"",
+            "key `retention.versions_kept`: expected an integer from 0 to 100000, got -1",
+            "key `retention.interval`: must be at least 10ms, got \"1ms\"",
+            "key `retention.keep`: unknown key (expected one of: done_after, max_log_bytes, versions_kept, interval)",
+        ] {
+            assert!(error.contains(expected), "{expected}\nnot in\n{error}");
+        }
+        let error = read("done_after = 7\nmax_log_bytes = \"lots\"\ninterval = \"2d\"")
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "key `retention.done_after`: expected a duration such as \"7d\", \"12h\" or \"100ms\", got 7",
+            "key `retention.max_log_bytes`: expected a size in bytes, a whole number or a string such as \"10 GiB\", got \"lots\"",
+            "key `retention.interval`: must be at most 1day, got \"2d\"",
         ] {
             assert!(error.contains(expected), "{expected}\nnot in\n{error}");
         }

@@ -17,7 +17,8 @@
 //! - [`router`] turns an event into one delivery per subscribed handler.
 //! - [`store`] appends events with their deliveries durably, commits an invocation's outcome
 //!   (state writes, emitted events and their deliveries, delivery done) atomically, and keeps
-//!   the deployment records.
+//!   the deployment records; its retention deletes, in the background, what the
+//!   `[retention]` policy keeps no longer, and checkpoints the WAL.
 //! - [`scheduler`] runs each handler's pending deliveries under its rules ([`scheduler::select`]
 //!   decides which start, as a pure function of the backlog and the [`clock`]), and retries
 //!   failures with backoff.
@@ -236,6 +237,14 @@ pub async fn run(
     // nothing changed.
     deployer.start(options.manifest.as_ref()).await?;
     store.claim_app(&app).await?;
+    let retention_policy = options
+        .manifest
+        .as_ref()
+        .map(|manifest| manifest.retention.clone())
+        .unwrap_or_default();
+    // Stops when `run` returns, so that no pass outlives the host (nor holds its store open
+    // for the next one on this data directory).
+    let _retention = store::start_retention(store.clone(), retention_policy);
     if options.watch
         && let Some(manifest) = &options.manifest
     {

@@ -6,6 +6,7 @@
 //! evhost deploy NAME MODULE.wasm [--config FILE] | rollback NAME | remove NAME
 //! evhost handlers | deadletters [--handler H] | redrive ID | redrive --handler H
 //! evhost send --type T --source S [--data JSON] [--subject S] [--host URL]
+//! evhost compact [--host URL] | compact --data DIR
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -163,6 +164,16 @@ enum Command {
         /// Redrive every dead letter of this handler instead.
         #[arg(long)]
         handler: Option<String>,
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// Hand the store's free pages back to the file system and empty its WAL, on a running
+    /// host; or, with --data, rewrite a store no host runs on whole.
+    Compact {
+        /// The data directory of a store no host is running on: rewritten whole (VACUUM),
+        /// which also lets a store from before retention be compacted while a host runs.
+        #[arg(long, conflicts_with = "url")]
+        data: Option<PathBuf>,
         #[command(flatten)]
         host: HostArg,
     },
@@ -369,6 +380,7 @@ async fn command(command: Command) -> Result<()> {
             println!("{name}: version {} is live", answer.version);
             Ok(())
         }
+        Command::Compact { data, host } => compact(data.as_deref(), &host).await,
         Command::Remove { name, host } => {
             let answer = host.client().remove(&name).await?;
             println!(
@@ -451,6 +463,45 @@ async fn deploy(name: &str, module: &Path, config: Option<&Path>, host: &HostArg
             "{name}: version {} is live ({})",
             answer.version, answer.module_sha256
         );
+    }
+    Ok(())
+}
+
+async fn compact(data: Option<&Path>, host: &HostArg) -> Result<()> {
+    let (before, after): (evhost::api::StoreSizes, evhost::api::StoreSizes) = match data {
+        Some(dir) => {
+            anyhow::ensure!(
+                dir.join("evhost.db").is_file(),
+                "no store in {} (no evhost.db)",
+                dir.display()
+            );
+            let _lock = evhost::store::DataDirLock::acquire(dir)
+                .context("compact a running host with --host instead")?;
+            let (before, after) = evhost::store::compact_offline(dir)?;
+            (before.into(), after.into())
+        }
+        None => {
+            let answer = host.client().compact().await?;
+            if !answer.wal_truncated {
+                println!("a reader kept part of the WAL; the next checkpoint takes the rest");
+            }
+            if !answer.before.incremental_vacuum {
+                println!(
+                    "this store was created without incremental vacuum: its free pages are \
+                     reused but not handed back; `evhost compact --data DIR` with the host \
+                     stopped rewrites it"
+                );
+            }
+            (answer.before, answer.after)
+        }
+    };
+    let sizes = [
+        ("database", before.database_bytes, after.database_bytes),
+        ("wal", before.wal_bytes, after.wal_bytes),
+        ("free", before.free_bytes, after.free_bytes),
+    ];
+    for (what, before, after) in sizes {
+        println!("{what:<9} {before:>14} -> {after:>14} bytes");
     }
     Ok(())
 }

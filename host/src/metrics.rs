@@ -1,8 +1,9 @@
 //! Metrics: what `/metrics` serves, in the Prometheus text format.
 //!
 //! Counters and histograms are updated where things happen (ingress, the scheduler, the
-//! store writer); gauges that mirror live state (pending, in flight, dead letters) are read
-//! from the scheduler and the store when scraped, so they can never drift.
+//! store writer, retention); gauges that mirror live state (pending, in flight, dead
+//! letters, the store's sizes) are read from the scheduler and the store when scraped, so
+//! they can never drift.
 //!
 //! Label values are bounded: handler names come from the deployment, and an event `type`
 //! label is only used for types some handler subscribes to (anything else is `other`), so a
@@ -10,8 +11,8 @@
 
 use anyhow::{Context, Result};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The label value for event types nobody subscribes to.
@@ -144,11 +145,28 @@ impl Metrics {
     }
 }
 
-/// The store writer's figures: one observation per group commit.
+/// The store's figures: the writer's (one observation per group commit), its sizes (read
+/// when scraped) and what retention deleted.
 #[derive(Clone)]
 pub struct StoreMetrics {
     pub commit_seconds: Histogram,
     pub commit_batch: Histogram,
+    /// The database file's size on disk, free pages included.
+    pub database_bytes: IntGauge,
+    /// The WAL file's size on disk.
+    pub wal_bytes: IntGauge,
+    /// The bytes of the database's pages in use: what `[retention] max_log_bytes` bounds.
+    pub used_bytes: IntGauge,
+    /// Events in the log.
+    pub events: IntGauge,
+    /// 1 while the pages in use are over `max_log_bytes` with nothing settled left to
+    /// delete (what is left is pending or dead); 0 otherwise.
+    pub over_limit: IntGauge,
+    /// Rows deleted by retention, by table and reason (`age`, `size`, `versions`).
+    pub retention_deleted: IntCounterVec,
+    /// WAL checkpoints that emptied the file (`truncated`), or that found a reader in the
+    /// way and left some of it (`busy`).
+    pub checkpoints: IntCounterVec,
 }
 
 impl StoreMetrics {
@@ -173,6 +191,34 @@ impl StoreMetrics {
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
                 ]),
             )?,
+            database_bytes: IntGauge::new(
+                "store_database_bytes",
+                "Size of the database file, free pages included",
+            )?,
+            wal_bytes: IntGauge::new("store_wal_bytes", "Size of the WAL file")?,
+            used_bytes: IntGauge::new(
+                "store_used_bytes",
+                "Bytes of the database's pages in use, which max_log_bytes bounds",
+            )?,
+            events: IntGauge::new("store_events", "Events in the log")?,
+            over_limit: IntGauge::new(
+                "store_over_limit",
+                "1 while the store is over max_log_bytes with nothing settled left to delete",
+            )?,
+            retention_deleted: IntCounterVec::new(
+                Opts::new(
+                    "retention_deleted_rows_total",
+                    "Rows deleted by retention, by table and reason",
+                ),
+                &["table", "reason"],
+            )?,
+            checkpoints: IntCounterVec::new(
+                Opts::new(
+                    "store_checkpoints_total",
+                    "WAL checkpoints by result: truncated, or busy (a reader kept part of it)",
+                ),
+                &["result"],
+            )?,
         })
     }
 
@@ -180,6 +226,13 @@ impl StoreMetrics {
         vec![
             Box::new(self.commit_seconds.clone()),
             Box::new(self.commit_batch.clone()),
+            Box::new(self.database_bytes.clone()),
+            Box::new(self.wal_bytes.clone()),
+            Box::new(self.used_bytes.clone()),
+            Box::new(self.events.clone()),
+            Box::new(self.over_limit.clone()),
+            Box::new(self.retention_deleted.clone()),
+            Box::new(self.checkpoints.clone()),
         ]
     }
 }

@@ -19,11 +19,13 @@
 //!   completion land in one transaction: a crash leaves all of them or none.
 //!
 //! All writes go through one writer thread that group-commits: every request waiting when a
-//! transaction starts shares it and its one fsync (see [`writer`]).
+//! transaction starts shares it and its one fsync (see [`writer`]). What is deleted, and
+//! when, is [`retention`]'s alone.
 
 mod deployments;
 mod error;
 mod files;
+mod retention;
 mod schema;
 mod writer;
 
@@ -38,6 +40,10 @@ use crate::event::Event;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use files::{DataDirLock, create_private_dir};
+pub use retention::{
+    Checkpoint, Compacted, Deleted, Retained, RetentionTask, Sizes, compact_offline,
+    start as start_retention,
+};
 
 /// What a store call answers.
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
@@ -348,6 +354,12 @@ impl Store {
             .and_then(|()| deployments::prepare(&conn))
             .with_context(|| format!("failed to prepare the store at {path:?}"))?;
         let metrics = crate::metrics::StoreMetrics::new()?;
+        // Counted once here, then kept by every append and deletion: a count at each scrape
+        // would read the whole log.
+        let events: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+            .with_context(|| format!("failed to read the store at {path:?}"))?;
+        metrics.events.set(events);
         let health = Arc::new(writer::Health::default());
         let writer = writer::Writer::spawn(conn, metrics.clone(), health.clone())?;
         Ok(Store {
@@ -391,14 +403,26 @@ impl Store {
     /// durable, handing each event back with what became of it.
     pub async fn append(&self, events: Vec<Routed>) -> StoreResult<Vec<(Routed, Appended)>> {
         let rows = events.iter().map(|r| 1 + r.deliveries.len()).sum();
-        self.write_rows(rows, move |tx, now| {
-            let outcomes = events
-                .iter()
-                .map(|routed| schema::append(tx, routed, None, now))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(events.into_iter().zip(outcomes).collect())
-        })
-        .await
+        let appended: Vec<(Routed, Appended)> = self
+            .write_rows(rows, move |tx, now| {
+                let outcomes = events
+                    .iter()
+                    .map(|routed| schema::append(tx, routed, None, now))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(events.into_iter().zip(outcomes).collect())
+            })
+            .await?;
+        self.count_new(appended.iter().map(|(_, appended)| appended));
+        Ok(appended)
+    }
+
+    /// Add the new events of `appended` to the events gauge.
+    fn count_new<'a>(&self, appended: impl Iterator<Item = &'a Appended>) {
+        let new = appended.filter(|a| a.is_new()).count();
+        self.inner
+            .metrics
+            .events
+            .add(i64::try_from(new).unwrap_or(i64::MAX));
     }
 
     /// Commit an invocation's effects and mark its delivery done; returns once durable.
@@ -410,8 +434,13 @@ impl Store {
                 .iter()
                 .map(|r| 1 + r.deliveries.len())
                 .sum::<usize>();
-        self.write_rows(rows, move |tx, now| schema::commit(tx, &commit, now))
-            .await
+        let committed = self
+            .write_rows(rows, move |tx, now| schema::commit(tx, &commit, now))
+            .await?;
+        if let Committed::Done { emitted } = &committed {
+            self.count_new(emitted.iter());
+        }
+        Ok(committed)
     }
 
     /// Record a failed attempt: schedule the retry, or dead-letter the delivery.

@@ -2,7 +2,8 @@
 //!
 //! Tables: `events` (the log; `seq` is the log position), `deliveries` (one row per event and
 //! subscribed handler), `attempts` (each failed attempt's error), `state` (each handler's
-//! key-value state).
+//! key-value state). What retention deletes, and the WAL and vacuum upkeep, are in
+//! [`super::retention`].
 
 use std::collections::BTreeMap;
 
@@ -80,24 +81,38 @@ CREATE TABLE IF NOT EXISTS state (
 ) WITHOUT ROWID;
 ";
 
+/// How long a connection waits for a lock another holds before it fails with `busy`.
+pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Bytes of WAL file kept after a checkpoint empties it (`journal_size_limit`): SQLite
+/// truncates the file to this, not to zero, so that the next writes reuse the space instead
+/// of growing the file (and its metadata, which each fsync then writes) from nothing.
+pub(super) const WAL_KEEP_BYTES: i64 = 64 << 20;
+
 /// Set up the writer's connection: WAL so readers never block the writer, and the durability
 /// asked for.
 pub(super) fn prepare_writer(conn: &Connection, durability: Durability) -> Result<()> {
+    // Only a database without tables can take it (an older store keeps `none` until
+    // `evhost compact --data` rewrites it): freed pages can then be handed back to the file
+    // system a few at a time by `PRAGMA incremental_vacuum`, without rewriting the whole
+    // file as `VACUUM` does. Pages freed by retention are reused by new rows either way.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
     let synchronous = match durability {
         Durability::Full => "FULL",
         Durability::Off => "OFF",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch(SCHEMA)
         .context("failed to create the schema")?;
     Ok(())
 }
 
 pub(super) fn prepare_reader(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(())
 }
 

@@ -7,6 +7,11 @@
 //! its own savepoint (one request's failure does not undo the others'), commits once, and
 //! only then answers each request. Under load, many concurrent POSTs share one fsync; with a
 //! single client, a request waits for no one.
+//!
+//! Upkeep that SQLite runs only outside a transaction (a WAL checkpoint, an incremental
+//! vacuum) is queued the same way and runs alone on this thread, between two groups: it
+//! never contends with the writer for SQLite's write lock, and writes queue behind it as
+//! behind one group, so each upkeep step is kept short.
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -167,8 +172,17 @@ fn describe(kind: StoreErrorKind) -> &'static str {
     }
 }
 
+/// What the writer thread is asked to do.
+pub(super) enum Message {
+    /// A write, applied in the next group.
+    Write(Box<dyn Job>),
+    /// Upkeep, run on the connection outside any transaction, after the group before it
+    /// committed; it answers its requester itself.
+    Upkeep(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
 pub(super) struct Writer {
-    queue: mpsc::Sender<Box<dyn Job>>,
+    queue: mpsc::Sender<Message>,
 }
 
 impl Writer {
@@ -187,26 +201,56 @@ impl Writer {
 
     pub(super) fn send(&self, job: Box<dyn Job>) -> Result<(), StoreError> {
         self.queue
-            .send(job)
+            .send(Message::Write(job))
+            .map_err(|_| StoreError::broken("the store writer stopped"))
+    }
+
+    /// Queue `upkeep` to run outside a transaction, in order with the writes.
+    pub(super) fn upkeep(
+        &self,
+        upkeep: Box<dyn FnOnce(&mut Connection) + Send>,
+    ) -> Result<(), StoreError> {
+        self.queue
+            .send(Message::Upkeep(upkeep))
             .map_err(|_| StoreError::broken("the store writer stopped"))
     }
 }
 
 fn run(
     mut conn: Connection,
-    requests: mpsc::Receiver<Box<dyn Job>>,
+    requests: mpsc::Receiver<Message>,
     metrics: &StoreMetrics,
     health: &Health,
 ) {
+    // An upkeep met while a group was being gathered: it runs once that group committed.
+    let mut held: Option<Message> = None;
     // Ends when every `Store` handle is dropped.
-    while let Ok(first) = requests.recv() {
+    loop {
+        let next = match held.take() {
+            Some(message) => message,
+            None => match requests.recv() {
+                Ok(message) => message,
+                Err(_) => return,
+            },
+        };
+        let first = match next {
+            Message::Write(job) => job,
+            Message::Upkeep(upkeep) => {
+                upkeep(&mut conn);
+                continue;
+            }
+        };
         let mut rows = first.rows();
         let mut group = vec![first];
         while group.len() < MAX_GROUP && rows < MAX_GROUP_ROWS {
             match requests.try_recv() {
-                Ok(op) => {
+                Ok(Message::Write(op)) => {
                     rows += op.rows();
                     group.push(op);
+                }
+                Ok(upkeep @ Message::Upkeep(_)) => {
+                    held = Some(upkeep);
+                    break;
                 }
                 Err(_) => break,
             }
