@@ -164,3 +164,25 @@ async fn unrouted_events_are_stored_by_default_and_refused_when_the_app_says_so(
     let routed = event("work-1", "test.work.v1", json!({}));
     assert_eq!(refuses.post_structured(&routed).await.status(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_id_a_handler_will_emit_cannot_be_taken_first() {
+    let host = TestHost::start(shop_manifest()).await;
+    let order = place_order("o-pre", "sku-1", 1, 5.0);
+    let handler = evhost::name::HandlerName::new("order").unwrap();
+    // The id the order handler will give its order.placed: computable from the command.
+    let id = evhost::capabilities::emit::emitted_id("/tests", "place-o-pre", &handler, 0);
+    let mut squatter = event(&id, "com.example.shop.order.placed.v1", json!({}));
+    squatter["source"] = json!("/shop/order");
+    let (status, body) = problem(host.post_structured(&squatter).await).await;
+    assert_eq!(status, 403, "{body}");
+    // The real one lands under that id.
+    assert_eq!(host.post_structured(&order).await.status(), 202);
+    host.wait_idle(WAIT).await;
+    let placed = host
+        .events_of_type("com.example.shop.order.placed.v1")
+        .await;
+    let ours: Vec<_> = placed.iter().filter(|e| e["id"] == id.as_str()).collect();
+    assert_eq!(ours.len(), 1, "{placed:?}");
+    assert_eq!(ours[0]["subject"], "o-pre");
+}

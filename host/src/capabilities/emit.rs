@@ -9,6 +9,11 @@
 //! the rules an event posted over HTTP does.
 //! Emitted events are only staged here: they enter the log and the router when the invocation
 //! commits.
+//!
+//! The ids are computable by anyone who knows the handled event, and that is safe: dedupe is
+//! on (`source`, `id`), and ingress refuses every event whose `source` is in the app's own
+//! namespace (`/{app}/...`, see `ingress::check_producer`), so no producer can store an event
+//! under a handler's source, let alone take the id a handler will emit next.
 
 use std::collections::BTreeMap;
 
