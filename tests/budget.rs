@@ -269,10 +269,11 @@ async fn an_emit_past_the_extension_rules_fails_the_invocation() {
             "`big`",
             "5000 bytes, over the limit of 4096",
         ),
-        // The host adds `causationid` and `correlationid`: 63 of the handler's own pass 64.
+        // The host adds `causationid`, `correlationid` and `causationdepth`: 62 of the
+        // handler's own pass 64.
         (
             "emit-many",
-            json!({"emit": {"count": 1, "extension_count": 63}}),
+            json!({"emit": {"count": 1, "extension_count": 62}}),
             "extension #65 of 65",
             "over the limit of 64 per event",
         ),
@@ -297,13 +298,14 @@ async fn an_emit_past_the_extension_rules_fails_the_invocation() {
             "{id}: {error}"
         );
     }
+    // At the limit it goes out.
     post(
         &host,
-        "emit-62",
-        json!({"emit": {"count": 1, "extension_count": 62}}),
+        "emit-61",
+        json!({"emit": {"count": 1, "extension_count": 61}}),
     )
     .await;
-    wait_done(&host, "emit-62").await;
+    wait_done(&host, "emit-61").await;
     let emitted = host.events_of_type("test.greedy.emitted.v1").await;
     assert_eq!(emitted.len(), 1, "{emitted:?}");
 }
