@@ -640,6 +640,27 @@ mod tests {
         assert!(event(None, None).to_json().get("data").is_none());
     }
 
+    /// `to_json` writes JSON `data` as a parsed value; read back (as the client reads the
+    /// admin API) it must be the numbers the producer wrote. serde_json's default float
+    /// parser read `1.999e+47` as `1.9990000000000004e+47` (found by the `ingress_decode`
+    /// fuzz target), hence its `float_roundtrip` feature.
+    #[test]
+    fn json_data_keeps_its_numbers() {
+        for number in [
+            "199900000000000000000000000000080237960548581374",
+            "2.2250738585072011e-308",
+            "0.30000000000000004",
+            "1e23",
+        ] {
+            let data = format!(r#"{{"n":{number}}}"#);
+            let (data, _) = data_of(None, data.as_bytes());
+            let written = data.expect("JSON data")["n"].to_string();
+            let read_back: Value = serde_json::from_str(&written).expect("a number");
+            let original: Value = serde_json::from_str(number).expect("a number");
+            assert_eq!(read_back, original, "{number} went out as {written}");
+        }
+    }
+
     #[test]
     fn the_builder_names_the_attribute_that_breaks_a_rule() {
         let base = || Event::builder("e-1", "/shop", "t.v1");
