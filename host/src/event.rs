@@ -409,7 +409,8 @@ pub(crate) const CONTEXT_ATTRIBUTES: [&str; 8] = [
 ];
 
 fn data_member(datacontenttype: Option<&str>, data: &[u8]) -> (&'static str, Value) {
-    if datacontenttype.is_none_or(is_json_media_type) {
+    let json = datacontenttype.is_none_or(is_json_media_type);
+    if json {
         match serde_json::from_slice::<Value>(data) {
             // A JSON `null` would read back as "no data", so it travels as base64 to come
             // back as the four bytes it is.
@@ -417,7 +418,10 @@ fn data_member(datacontenttype: Option<&str>, data: &[u8]) -> (&'static str, Val
             Ok(value) => return ("data", value),
         }
     }
-    if datacontenttype.is_some_and(is_text_media_type)
+    // With a JSON content type (`text/json` is text too) a `data` string is read as the JSON
+    // string it is, not as the text inside it, so bytes that are not JSON go as base64.
+    if !json
+        && datacontenttype.is_some_and(is_text_media_type)
         && let Ok(text) = std::str::from_utf8(data)
     {
         return ("data", text.into());
@@ -619,6 +623,15 @@ mod tests {
             data_of(Some("application/json"), b"{oops"),
             (None, Some(json!("e29vcHM=")))
         );
+        // JSON and text at once: as a string these bytes would read back as the JSON string
+        // `"{oops"`, quotes included (found by the `ingress_decode` fuzz target).
+        for ct in ["text/json", "text/vnd.example+json"] {
+            assert_eq!(
+                data_of(Some(ct), b"{oops"),
+                (None, Some(json!("e29vcHM="))),
+                "{ct}"
+            );
+        }
         assert_eq!(data_of(None, b"plain"), (None, Some(json!("cGxhaW4="))));
         assert_eq!(
             data_of(Some("text/plain; charset=utf-8"), "café".as_bytes()),
