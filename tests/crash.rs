@@ -36,6 +36,14 @@
 //! The test prints its seed; `EVHOST_CRASH_SEED=<seed>` replays the same workload and kill
 //! schedule (the timing, and so the exact kill moments, still differ from run to run). On a
 //! failure the data directory and the host logs are kept, and their paths printed.
+//!
+//! `EVHOST_CRASH_KILLS=<n>` kills `n` times instead of 3 to 5 (the seed draws the same
+//! schedule otherwise), for a long run that also kills hosts still recovering from the last
+//! kill:
+//!
+//! ```text
+//! EVHOST_CRASH_KILLS=20 EVHOST_CRASH_ORDERS=1000 cargo test -p evhost-tests --test main -- crash:: --nocapture
+//! ```
 
 #![cfg(unix)]
 
@@ -113,7 +121,12 @@ async fn the_shop_flow_survives_kill_9() {
         host: RwLock::new(client),
         settled: AtomicUsize::new(0),
     });
-    let budget = Duration::from_secs(90) + Duration::from_millis(40 * orders as u64);
+    let kills_wanted = env_number("EVHOST_CRASH_KILLS").map(|n| n.max(1) as usize);
+    // Each kill past the usual five costs a restart and its recovery.
+    let extra_kills = kills_wanted.unwrap_or(0).saturating_sub(5) as u32;
+    let budget = Duration::from_secs(90)
+        + Duration::from_millis(40 * orders as u64)
+        + Duration::from_secs(10) * extra_kills;
     let deadline = Instant::now() + budget;
 
     // The clients: requests dealt round robin, so that each SKU's events come from all of them.
@@ -132,8 +145,13 @@ async fn the_shop_flow_survives_kill_9() {
 
     // The killer: some kills at random points of the ingress, the others (at least one) at
     // random moments while the backlog drains.
-    let kills = rng.range(3, 5) as usize;
-    let during_ingress = rng.range(1, kills as u64 - 1) as usize;
+    // Drawn even when set, so that a seed replays the same workload either way.
+    let drawn = rng.range(3, 5) as usize;
+    let kills = kills_wanted.unwrap_or(drawn);
+    let during_ingress = match kills {
+        1 => 0,
+        _ => rng.range(1, kills as u64 - 1) as usize,
+    };
     let mut marks: Vec<usize> = (0..during_ingress)
         .map(|_| total * rng.range(5, 90) as usize / 100)
         .collect();

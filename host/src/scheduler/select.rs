@@ -458,7 +458,12 @@ mod tests {
 
     impl Sim {
         fn new(deliveries: Vec<QueuedDelivery>, permits: usize) -> Sim {
-            let clock = Clock::new();
+            Sim::on(Clock::new(), deliveries, permits)
+        }
+
+        /// On `clock`: a test that sets due times from a clock of its own must run the
+        /// simulation on that one (two clocks read the wall clock at different moments).
+        fn on(clock: Clock, deliveries: Vec<QueuedDelivery>, permits: usize) -> Sim {
             Sim {
                 start_ms: clock.now_ms(),
                 clock,
@@ -626,7 +631,7 @@ mod tests {
         let mut deliveries = vec![first];
         deliveries.extend((2..=300).map(|id| delivery(id, key("k"))));
         deliveries.push(delivery(301, key("l")));
-        let mut sim = Sim::new(deliveries, 4);
+        let mut sim = Sim::on(clock, deliveries, 4);
         sim.window = Window {
             rows: 16,
             bytes: 1 << 20,
