@@ -78,19 +78,8 @@ impl Drop for SmallDisk {
     }
 }
 
-/// An app of one `recorder` handler, its manifest in a directory of its own.
 fn recorder_app() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    std::fs::write(
-        dir.path().join("evhost.toml"),
-        format!(
-            "[app]\nname = \"disk\"\n\n[[handler]]\nname = \"recorder\"\nmodule = {:?}\n\
-             subscribe = [\"test.disk.v1\"]\n",
-            guest("recorder").display().to_string()
-        ),
-    )
-    .expect("write the manifest");
-    dir
+    recorder_app_dir("disk", "test.disk.v1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

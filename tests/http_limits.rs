@@ -11,17 +11,7 @@ use tokio::net::TcpStream;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn recorder_app() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    std::fs::write(
-        dir.path().join("evhost.toml"),
-        format!(
-            "[app]\nname = \"limits\"\n\n[[handler]]\nname = \"recorder\"\nmodule = {:?}\n\
-             subscribe = [\"test.work.v1\"]\n",
-            guest("recorder").display().to_string()
-        ),
-    )
-    .expect("write the manifest");
-    dir
+    recorder_app_dir("limits", "test.work.v1")
 }
 
 /// A client that opened a connection and sends a request's first bytes, then one byte at a

@@ -31,6 +31,9 @@
 //!   and reconciles the store and the [`live`] set to it; the live set (each handler's
 //!   running version and the routes they make) is what ingress, the scheduler and the admin
 //!   API read, swapped whole.
+//! - [`server`] serves the router on hyper under the HTTP limits (header and connection
+//!   deadlines, a connection cap, a bounded stop); [`access`] decides who may call the admin
+//!   API (the token, and the `Host` / `Origin` checks against pages in a browser).
 //! - [`config`] reads and validates the application manifest; [`name`] holds the names it
 //!   gives out; [`admin`] serves the admin API, whose answers are the types of [`api`];
 //!   [`client`] calls it (the CLI is a thin shell over it); [`metrics`] is `/metrics`;

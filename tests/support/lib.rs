@@ -143,6 +143,22 @@ pub fn shop_dir_accepting(accept: &[&str]) -> TempDir {
     dir
 }
 
+/// A folder holding the manifest of app `app`: one `recorder` handler subscribed to `ty`,
+/// for tests that run `evhost up` on a small app.
+pub fn recorder_app_dir(app: &str, ty: &str) -> TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(
+        dir.path().join("evhost.toml"),
+        format!(
+            "[app]\nname = \"{app}\"\n\n[[handler]]\nname = \"recorder\"\nmodule = {:?}\n\
+             subscribe = [{ty:?}]\n",
+            guest("recorder").display().to_string()
+        ),
+    )
+    .expect("write the manifest");
+    dir
+}
+
 /// A manifest from TOML text, with `{guests}` replaced by [`guests_dir`].
 pub fn manifest(toml: &str) -> Manifest {
     let text = toml.replace("{guests}", &guests_dir().display().to_string());
