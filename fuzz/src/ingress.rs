@@ -342,15 +342,27 @@ fn ingress() -> &'static Ingress {
         let metrics =
             Arc::new(Metrics::new(store.metric_collectors()).expect("the metrics registry"));
         let state = Arc::new(IngressState {
+            namespace: NAMESPACE.to_owned(),
             live: Arc::new(Live::new()),
             store,
             metrics,
             body_limit: BODY_LIMIT,
+            body_read_timeout: evhost::ingress::DEFAULT_BODY_READ_TIMEOUT,
             stopping: Arc::new(AtomicBool::new(false)),
         });
         let router = evhost::ingress::router(state);
         Ingress { runtime, router }
     })
+}
+
+/// The source namespace the fuzzed host's handlers would emit from (`/{app}`).
+const NAMESPACE: &str = "/fuzzapp";
+
+/// Whether ingress refuses `source` as the host's own.
+fn is_reserved(source: &str) -> bool {
+    source
+        .strip_prefix(NAMESPACE)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Sends `request` through the ingress router and checks the answer: never a 5xx; every
@@ -404,6 +416,13 @@ pub fn check_router(request: Request) {
             assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{}", context());
         }
         Method::POST => match check_decode(&request.headers, &request.body) {
+            // The host's own source namespace is refused after decoding (403 naming `source`).
+            Ok(decoded) if decoded.events.iter().any(|e| is_reserved(e.source())) => {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{}", context());
+                let problem = problem.expect("a problem");
+                let attribute = problem["attribute"].as_str().unwrap_or_default();
+                assert!(attribute.ends_with("source"), "{}", context());
+            }
             Ok(decoded) => {
                 assert_eq!(status, StatusCode::ACCEPTED, "{}", context());
                 let answer: IngestAnswer = serde_json::from_slice(&body)
