@@ -851,11 +851,13 @@ async fn check(
             ));
             continue;
         };
+        let parent_seq = log[parent]["seq"].as_i64().expect("a log position");
         let parent = events[parent];
         let root = parent["correlationid"]
             .as_str()
             .unwrap_or(text(parent, "id"));
         let expected_id = emitted_id(
+            parent_seq,
             text(parent, "source"),
             text(parent, "id"),
             &evhost::name::HandlerName::new(handler).expect("a handler name"),

@@ -532,7 +532,7 @@ async fn polyglot_cost() {
         for i in 0..events + 20 {
             let started = Instant::now();
             runtime
-                .invoke(&handler, &event, store.state_reader(handler.name()))
+                .invoke(&handler, &event, 0, store.state_reader(handler.name()))
                 .await
                 .unwrap_or_else(|err| panic!("{name}: {err}"));
             let took = started.elapsed();

@@ -170,15 +170,16 @@ async fn the_id_a_handler_will_emit_cannot_be_taken_first() {
     let host = TestHost::start(shop_manifest()).await;
     let order = place_order("o-pre", "sku-1", 1, 5.0);
     let handler = evhost::name::HandlerName::new("order").unwrap();
-    // The id the order handler will give its order.placed: computable from the command.
-    let id = evhost::capabilities::emit::emitted_id("/tests", "place-o-pre", &handler, 0);
-    let mut squatter = event(&id, "com.example.shop.order.placed.v1", json!({}));
+    // A squatter under the handler's source is refused whatever id it picks.
+    let mut squatter = event("squat-1", "com.example.shop.order.placed.v1", json!({}));
     squatter["source"] = json!("/shop/order");
     let (status, body) = problem(host.post_structured(&squatter).await).await;
     assert_eq!(status, 403, "{body}");
-    // The real one lands under that id.
-    assert_eq!(host.post_structured(&order).await.status(), 202);
+    // The real id derives from the command's place in the log, known only once stored.
+    let answer: Value = host.post_structured(&order).await.json().await.unwrap();
+    let seq = answer["accepted"][0]["seq"].as_i64().unwrap();
     host.wait_idle(WAIT).await;
+    let id = evhost::capabilities::emit::emitted_id(seq, "/tests", "place-o-pre", &handler, 0);
     let placed = host
         .events_of_type("com.example.shop.order.placed.v1")
         .await;

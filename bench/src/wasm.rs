@@ -313,7 +313,7 @@ impl HostInvoke {
     pub async fn invoke(&self, event: &evhost::event::Event) -> Result<()> {
         let reader = self.store.state_reader(self.handler.name());
         self.runtime
-            .invoke(&self.handler, event, reader)
+            .invoke(&self.handler, event, 0, reader)
             .await
             .map(drop)
             .map_err(|err| anyhow!("invoke failed: {err}"))

@@ -10,10 +10,11 @@
 //! Emitted events are only staged here: they enter the log and the router when the invocation
 //! commits.
 //!
-//! The ids are computable by anyone who knows the handled event, and that is safe: dedupe is
-//! on (`source`, `id`), and ingress refuses every event whose `source` is in the app's own
-//! namespace (`/{app}/...`, see `ingress::check_producer`), so no producer can store an event
-//! under a handler's source, let alone take the id a handler will emit next.
+//! The ids also derive from the handled event's position in the log (its `seq`), which no
+//! producer chooses or knows before its 202, and ingress refuses every event whose `source`
+//! is in the app's own namespace (`/{app}/...`, see `ingress::check_producer`): no producer
+//! can take the id a handler will emit next. The seq is fixed once stored, so a re-run or a
+//! redrive of the delivery emits the same ids.
 
 use std::collections::BTreeMap;
 
@@ -71,7 +72,13 @@ impl Invocation {
                 "extension `{name}` is set by the host, not by the handler"
             ));
         }
-        let id = emitted_id(&self.parent.source, &self.parent.id, &self.handler, index);
+        let id = emitted_id(
+            self.parent.seq,
+            &self.parent.source,
+            &self.parent.id,
+            &self.handler,
+            index,
+        );
         let mut extensions: BTreeMap<String, String> = out.extensions.into_iter().collect();
         if let Some(key) = out.partitionkey {
             extensions.insert("partitionkey".to_owned(), key);
@@ -117,8 +124,9 @@ impl Invocation {
 /// The id of the `index`th event `handler` emits while handling the event (`source`, `id`):
 /// the same inputs always give the same id, different inputs practically never do. Shaped
 /// like a UUID (version 8, "custom") so that tools expecting one are happy.
-pub fn emitted_id(source: &str, id: &str, handler: &HandlerName, index: usize) -> String {
+pub fn emitted_id(seq: i64, source: &str, id: &str, handler: &HandlerName, index: usize) -> String {
     let mut hash = Sha256::new();
+    hash.update(seq.to_le_bytes());
     // Length-prefixed, so that ("ab", "c") and ("a", "bc") cannot collide.
     for part in [
         source.as_bytes(),
@@ -150,14 +158,14 @@ mod tests {
     #[test]
     fn emitted_ids_are_deterministic_and_distinct() {
         let name = |n: &str| HandlerName::new(n).unwrap();
-        let a = emitted_id("/shop", "o-1", &name("inventory"), 0);
-        assert_eq!(a, emitted_id("/shop", "o-1", &name("inventory"), 0));
-        assert_ne!(a, emitted_id("/shop", "o-1", &name("inventory"), 1));
-        assert_ne!(a, emitted_id("/shop", "o-1", &name("payment"), 0));
-        assert_ne!(a, emitted_id("/shop", "o-2", &name("inventory"), 0));
+        let a = emitted_id(7, "/shop", "o-1", &name("inventory"), 0);
+        assert_eq!(a, emitted_id(7, "/shop", "o-1", &name("inventory"), 0));
+        assert_ne!(a, emitted_id(7, "/shop", "o-1", &name("inventory"), 1));
+        assert_ne!(a, emitted_id(7, "/shop", "o-1", &name("payment"), 0));
+        assert_ne!(a, emitted_id(7, "/shop", "o-2", &name("inventory"), 0));
         assert_ne!(
-            emitted_id("ab", "c", &name("h"), 0),
-            emitted_id("a", "bc", &name("h"), 0)
+            emitted_id(7, "ab", "c", &name("h"), 0),
+            emitted_id(7, "a", "bc", &name("h"), 0)
         );
         assert_eq!(a.len(), 36);
     }

@@ -64,6 +64,8 @@ pub struct Invocation {
 }
 
 struct ParentEvent {
+    /// Its position in the log, which no producer chooses.
+    seq: i64,
     id: String,
     source: String,
     correlation_id: String,
@@ -73,12 +75,14 @@ struct ParentEvent {
 }
 
 impl Invocation {
-    pub fn new(context: InvocationContext, event: &Event, state: StateReader) -> Self {
+    /// `seq` is the handled event's position in the log: emitted ids derive from it.
+    pub fn new(context: InvocationContext, event: &Event, seq: i64, state: StateReader) -> Self {
         Invocation {
             handler: context.handler,
             emit_source: context.emit_source,
             settings: context.config,
             parent: ParentEvent {
+                seq,
                 id: event.id().to_owned(),
                 source: event.source().to_owned(),
                 correlation_id: event

@@ -417,12 +417,14 @@ impl Runtime {
         Ok(DeployedHandler::new(deployment, linked, &app))
     }
 
-    /// Run `handler` on `event` in a fresh instance; return what it staged. Waits first for
+    /// Run `handler` on `event` (at `seq` in the log) in a fresh instance; return what it
+    /// staged. Waits first for
     /// the instance's slots in the pool, which the handler's timeout does not count.
     pub async fn invoke(
         &self,
         handler: &DeployedHandler,
         event: &Event,
+        seq: i64,
         state: StateReader,
     ) -> Result<Staged, InvokeError> {
         let _slots = self.pool.acquire(handler.linked.needs).await;
@@ -453,6 +455,7 @@ impl Runtime {
                         budget: handler.budget,
                     },
                     event,
+                    seq,
                     state,
                 ),
             },

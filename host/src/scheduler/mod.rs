@@ -354,7 +354,7 @@ impl Scheduler {
             let started = std::time::Instant::now();
             let outcome = self
                 .runtime
-                .invoke(&deployed, &delivery.event, reader)
+                .invoke(&deployed, &delivery.event, delivery.seq, reader)
                 .await;
             self.metrics
                 .handler_duration
