@@ -94,16 +94,7 @@ async fn read_body(
 ) -> Result<Bytes, IngressError> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(err)) => {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-            while let Some(error) = cause {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    return Err(IngressError::PayloadTooLarge { limit });
-                }
-                cause = error.source();
-            }
-            Err(IngressError::UnreadableBody)
-        }
+        Ok(Err(err)) => Err(IngressError::from_body_error(&err, limit)),
         Err(_) => Err(IngressError::BodyTimeout { after: timeout }),
     }
 }

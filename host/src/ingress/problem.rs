@@ -14,7 +14,6 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -321,16 +320,17 @@ impl IngressError {
         }
     }
 
-    /// The error for a body the `Bytes` extractor refused, with the `limit` it was given
-    /// (`DefaultBodyLimit::max(limit)`): over the limit is 413, anything else a body that
-    /// could not be read.
-    pub fn from_body_rejection(rejection: &BytesRejection, limit: usize) -> Self {
-        match rejection {
-            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                Self::PayloadTooLarge { limit }
+    /// The error for a body that could not be read to its end with `axum::body::to_bytes`
+    /// under `limit`: over the limit is 413, anything else a body that could not be read.
+    pub fn from_body_error(error: &axum::Error, limit: usize) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(error) = cause {
+            if error.is::<http_body_util::LengthLimitError>() {
+                return Self::PayloadTooLarge { limit };
             }
-            _ => Self::UnreadableBody,
+            cause = error.source();
         }
+        Self::UnreadableBody
     }
 
     /// Wraps an error about one event of a batch.
@@ -504,27 +504,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_413() {
-        use axum::body::{Body, Bytes};
-        use axum::extract::DefaultBodyLimit;
-        use axum::http::Request;
-        use tower::ServiceExt as _;
-
         const LIMIT: usize = 4;
-        let app = axum::Router::new()
-            .route(
-                "/",
-                axum::routing::post(|body: Result<Bytes, BytesRejection>| async move {
-                    body.map_err(|rejection| IngressError::from_body_rejection(&rejection, LIMIT))
-                }),
-            )
-            .layer(DefaultBodyLimit::max(LIMIT));
-        let request = Request::post("/")
-            .body(Body::from("12345"))
-            .expect("a request");
-        let response = app.oneshot(request).await.expect("an infallible router");
-        let (status, _, body) = answer(response).await;
+        let over = axum::body::to_bytes(axum::body::Body::from("12345"), LIMIT)
+            .await
+            .expect_err("over the limit");
+        let (status, _, body) = answer(IngressError::from_body_error(&over, LIMIT)).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body["type"], "tag:evhost,2026:problem:payload-too-large");
+        assert_eq!(
+            body["detail"],
+            "the body is larger than the limit of 4 bytes"
+        );
     }
 
     #[tokio::test]
