@@ -117,12 +117,11 @@ async fn a_full_disk_refuses_with_507_goes_not_ready_and_recovers_losing_nothing
     let mut batch = 0;
     while refused < 40 {
         assert!(batch < 2000, "the full disk never refused a write");
-        let answers = futures_join(
-            (0..8)
-                .map(|j| post(format!("full-{batch}-{j}")))
-                .collect::<Vec<_>>(),
-        )
-        .await;
+        let answers = (0..8)
+            .map(|j| post(format!("full-{batch}-{j}")))
+            .collect::<tokio::task::JoinSet<_>>()
+            .join_all()
+            .await;
         for (id, status) in answers {
             assert!(
                 matches!(status, 202 | 503 | 507),
@@ -212,19 +211,6 @@ async fn a_full_disk_refuses_with_507_goes_not_ready_and_recovers_losing_nothing
     let refused = statuses.len() - accepted;
     eprintln!("disk full: {accepted} accepted, {refused} refused, none lost");
     host.terminate(WAIT).await;
-}
-
-/// Join futures without a dependency on `futures`.
-async fn futures_join<F: std::future::Future + Send + 'static>(futures: Vec<F>) -> Vec<F::Output>
-where
-    F::Output: Send + 'static,
-{
-    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        out.push(task.await.expect("a request task"));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
