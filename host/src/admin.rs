@@ -33,7 +33,7 @@ use crate::name::HandlerName;
 use crate::runtime::Runtime;
 use crate::store::{
     DeadLetter, DeadLetterQuery, DeliveryStatus, EventQuery, LoggedEvent, Origin, RedriveTarget,
-    Store, StoreError, StoreErrorKind,
+    SharedBackend, StoreError, StoreErrorKind,
 };
 
 /// Events one `GET /admin/events` returns when `limit` is not given.
@@ -53,7 +53,7 @@ pub const MAX_MODULE_BYTES: usize = 256 << 20;
 /// What the admin API reads and changes.
 pub struct AdminState {
     pub live: Arc<Live>,
-    pub store: Store,
+    pub store: SharedBackend,
     pub deployer: Arc<Deployer>,
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<Runtime>,
@@ -421,10 +421,9 @@ async fn state_value(
 ) -> Result<Response, AdminError> {
     let (name, _) = live_handler(&app, &handler)?;
     let reader = app.store.state_reader(&name);
-    let lookup_key = key.clone();
-    let value = tokio::task::spawn_blocking(move || reader.get(&lookup_key))
+    let value = reader
+        .get(&key)
         .await
-        .map_err(|_| StoreError::broken("a state read panicked"))?
         .map_err(|err| StoreError::classify(&err))?;
     let Some(value) = value else {
         return Err(AdminError::NotFound(format!(

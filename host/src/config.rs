@@ -89,7 +89,8 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(30_000);
 /// retry more than a day away is a dead letter in all but name.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 
-const TOP_KEYS: &[&str] = &["app", "handler", "ingress", "retention"];
+const TOP_KEYS: &[&str] = &["app", "cluster", "handler", "ingress", "retention"];
+const CLUSTER_KEYS: &[&str] = &["stream", "replicas", "partitions"];
 const APP_KEYS: &[&str] = &["name"];
 const INGRESS_KEYS: &[&str] = &["accept", "unrouted", "max_batch"];
 const RETENTION_KEYS: &[&str] = &["done_after", "max_log_bytes", "versions_kept", "interval"];
@@ -163,6 +164,38 @@ pub struct Manifest {
     pub ingress: IngressPolicy,
     /// What the store deletes, and when.
     pub retention: RetentionPolicy,
+    /// Where and how a cluster host keeps the app in JetStream; read only with `--cluster`.
+    pub cluster: ClusterLayout,
+}
+
+/// The `[cluster]` table: how the app is laid out in NATS JetStream when hosts run with
+/// `--cluster` (see [`crate::cluster`]). Every host of one app must read the same table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLayout {
+    /// The name of the app's stream (and the prefix of its KV bucket and object store);
+    /// `None`: `EVHOST_{app}`.
+    pub stream: Option<String>,
+    /// Copies JetStream keeps of everything (1, 3 or 5 servers).
+    pub replicas: usize,
+    /// The fixed number of partitions keys hash onto: at most this many deliveries of a
+    /// key-ordered handler run at once across the cluster. Fixed for the app's life.
+    pub partitions: u32,
+}
+
+/// Partitions when `[cluster] partitions` is not set.
+pub const DEFAULT_PARTITIONS: u32 = 16;
+/// Most partitions `[cluster] partitions` may ask for: a key-ordered handler's consumers
+/// filter on each of its partitions by subject.
+pub const MAX_PARTITIONS: u32 = 256;
+
+impl Default for ClusterLayout {
+    fn default() -> ClusterLayout {
+        ClusterLayout {
+            stream: None,
+            replicas: 1,
+            partitions: DEFAULT_PARTITIONS,
+        }
+    }
 }
 
 /// The `[retention]` table: what the store deletes in the background, and when. Nothing
@@ -698,12 +731,14 @@ impl Manifest {
         let mut handlers = Vec::new();
         let mut ingress = IngressPolicy::default();
         let mut retention = RetentionPolicy::default();
+        let mut cluster = ClusterLayout::default();
         for (key, value) in sorted(&root) {
             match key.as_str() {
                 "app" => app = read_app(value, &mut report),
                 "handler" => handlers = read_handlers(value, &dir, &mut report),
                 "ingress" => ingress = read_ingress(value, &mut report),
                 "retention" => retention = read_retention(value, &mut report),
+                "cluster" => cluster = read_cluster(value, &mut report),
                 _ => report.unknown_key(key, TOP_KEYS),
             }
         }
@@ -721,6 +756,7 @@ impl Manifest {
                 handlers,
                 ingress,
                 retention,
+                cluster,
             }),
             _ => Err(report.into_error()),
         }
@@ -947,6 +983,51 @@ fn read_retention(value: &Value, report: &mut Report) -> RetentionPolicy {
         }
     }
     policy
+}
+
+fn read_cluster(value: &Value, report: &mut Report) -> ClusterLayout {
+    let mut layout = ClusterLayout::default();
+    let Some(table) = value.as_table() else {
+        report.problem("cluster", format!("expected a table, got {}", got(value)));
+        return layout;
+    };
+    for (key, value) in sorted(table) {
+        let at = format!("cluster.{key}");
+        match key.as_str() {
+            "stream" => match value.as_str() {
+                Some(name) if is_stream_name(name) => layout.stream = Some(name.to_owned()),
+                _ => report.problem(
+                    &at,
+                    format!(
+                        "expected a stream name of letters, digits, `-` and `_` (at most 32), \
+                         got {}",
+                        got(value)
+                    ),
+                ),
+            },
+            "replicas" => match value.as_integer() {
+                Some(n @ (1 | 3 | 5)) => layout.replicas = n as usize,
+                _ => report.problem(&at, format!("expected 1, 3 or 5, got {}", got(value))),
+            },
+            "partitions" => {
+                if let Some(n) = report.check(&at, integer(value, 1, MAX_PARTITIONS)) {
+                    layout.partitions = n;
+                }
+            }
+            _ => report.unknown_key(&at, CLUSTER_KEYS),
+        }
+    }
+    layout
+}
+
+/// A JetStream stream name the host can also derive bucket names from: short, and only
+/// characters every JetStream name allows.
+pub fn is_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A duration as a person writes it (`"7d"`, `"12h 30m"`, `"100ms"`), from 1 ms to `max`.
@@ -1480,6 +1561,7 @@ subscribe = ["com.example.shop.shipment.created.v1"]
             ],
             ingress: IngressPolicy::default(),
             retention: RetentionPolicy::default(),
+            cluster: ClusterLayout::default(),
         };
         assert_eq!(manifest, expected);
 
@@ -1548,7 +1630,7 @@ subscribe = ["com.example.a.v1"]
                 "examples/shop/evhost.toml: handler `payment`: key `timeout_ms`: expected an integer from 1 to 600000, got 0",
                 "examples/shop/evhost.toml: handler #3: key `name`: missing required key",
                 "examples/shop/evhost.toml: handler `inventory`: key `name`: handlers #1 and #4 are both named `inventory`",
-                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, handler, ingress, retention)",
+                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, cluster, handler, ingress, retention)",
             ]
         );
     }

@@ -47,6 +47,7 @@ pub mod admin;
 pub mod api;
 pub mod capabilities;
 pub mod client;
+pub mod cluster;
 pub mod clock;
 pub mod config;
 pub mod deploy;
@@ -84,7 +85,7 @@ use crate::live::Live;
 use crate::name::AppName;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::scheduler::Scheduler;
-use crate::store::{Durability, Store};
+use crate::store::{Durability, SharedBackend, Store};
 
 /// The app of a host started without a manifest on a new data directory.
 pub const DEFAULT_APP: &str = "evhost";
@@ -228,11 +229,12 @@ pub async fn run(
         live.clone(),
         clock,
     );
+    let backend: SharedBackend = Arc::new(store.clone());
     let deployer = Arc::new(Deployer::new(
-        store.clone(),
+        backend.clone(),
         runtime.clone(),
         live.clone(),
-        scheduler.clone(),
+        scheduler.workers(),
         clock,
         app.clone(),
     ));
@@ -258,7 +260,7 @@ pub async fn run(
     let ingress = Arc::new(IngressState {
         namespace: format!("/{app}"),
         live: live.clone(),
-        store: store.clone(),
+        store: backend.clone(),
         metrics: metrics.clone(),
         body_limit: options.body_limit,
         body_read_timeout: options.body_read_timeout,
@@ -266,7 +268,7 @@ pub async fn run(
     });
     let admin = Arc::new(AdminState {
         live,
-        store: store.clone(),
+        store: backend,
         deployer,
         metrics,
         runtime,

@@ -271,6 +271,13 @@ impl LiveSet {
 }
 
 /// What a live handler keeps across its versions.
+/// What runs a live handler's deliveries: the embedded store's scheduler, or a cluster
+/// host's consumers. The deployer starts one per handler that becomes live; it stops when
+/// the handler's slot is retired.
+pub trait Workers: Send + Sync {
+    fn start_worker(&self, name: HandlerName, slot: Arc<HandlerSlot>);
+}
+
 pub struct HandlerSlot {
     /// Deliveries appended and not settled, for back-pressure.
     pub queue: Arc<Queue>,

@@ -5,6 +5,12 @@
 wasmtime::component::bindgen!({
     world: "handler",
     path: "../wit/0.1.0",
-    imports: { default: trappable },
+    // State reads are async: in cluster mode each is a request to JetStream, which must not
+    // block the thread the instance runs on.
+    imports: {
+        "evhost:handler/state.get": async | trappable,
+        "evhost:handler/state.list-keys": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
 });

@@ -20,7 +20,7 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
 impl Host for Invocation {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
         if let Some(staged) = self.staged.state_writes.get(&key) {
             return Ok(staged.clone());
         }
@@ -32,6 +32,7 @@ impl Host for Invocation {
         let (value, version) = self
             .state
             .get_versioned(&key)
+            .await
             .map_err(wasmtime::Error::from_anyhow)?;
         // The first read of a key is what the handler based its decision on.
         self.track_read(key, version).map_err(super::trap)?;
@@ -58,10 +59,11 @@ impl Host for Invocation {
         Ok(())
     }
 
-    fn list_keys(&mut self, prefix: String) -> Result<Vec<String>> {
+    async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>> {
         let mut keys = self
             .state
             .list_keys(&prefix)
+            .await
             .map_err(wasmtime::Error::from_anyhow)?;
         for (key, value) in self.staged.state_writes.range(prefix.clone()..) {
             if !key.starts_with(&prefix) {

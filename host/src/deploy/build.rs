@@ -10,7 +10,7 @@ use crate::config::HandlerSettings;
 use crate::live::LiveSet;
 use crate::name::HandlerName;
 use crate::runtime::{Artifact, Linked, Runtime};
-use crate::store::Store;
+use crate::store::Backend;
 
 /// A handler to build.
 pub(super) struct Item {
@@ -26,7 +26,7 @@ pub(super) struct Item {
 /// Build `items`: linked handlers by name, or every problem, each naming its handler.
 pub(super) async fn build(
     runtime: &Arc<Runtime>,
-    store: &Store,
+    store: &dyn Backend,
     live: &LiveSet,
     items: Vec<Item>,
 ) -> Result<BTreeMap<HandlerName, Linked>, Vec<String>> {

@@ -34,11 +34,10 @@ use tokio::sync::Mutex;
 
 use crate::clock::Clock;
 use crate::config::Manifest;
-use crate::live::{HandlerSlot, Live, LiveHandler, LiveSet};
+use crate::live::{HandlerSlot, Live, LiveHandler, LiveSet, Workers};
 use crate::name::{AppName, HandlerName};
 use crate::runtime::{DeployedHandler, Runtime};
-use crate::scheduler::Scheduler;
-use crate::store::{Applied, Deployment, DeploymentChange, Origin, Store, StoreError};
+use crate::store::{Applied, Deployment, DeploymentChange, Origin, SharedBackend, StoreError};
 use plan::{Step, Stored};
 
 /// The error recorded on pending deliveries of a removed handler.
@@ -90,10 +89,10 @@ pub enum Change {
 
 /// Carries out plans, one at a time.
 pub struct Deployer {
-    store: Store,
+    store: SharedBackend,
     runtime: Arc<Runtime>,
     live: Arc<Live>,
-    scheduler: Arc<Scheduler>,
+    workers: Arc<dyn Workers>,
     clock: Clock,
     /// The application: emitted events get the source `/{app}/{handler}`.
     app: AppName,
@@ -103,10 +102,10 @@ pub struct Deployer {
 
 impl Deployer {
     pub fn new(
-        store: Store,
+        store: SharedBackend,
         runtime: Arc<Runtime>,
         live: Arc<Live>,
-        scheduler: Arc<Scheduler>,
+        workers: Arc<dyn Workers>,
         clock: Clock,
         app: AppName,
     ) -> Deployer {
@@ -114,7 +113,7 @@ impl Deployer {
             store,
             runtime,
             live,
-            scheduler,
+            workers,
             clock,
             app,
             changes: Mutex::new(()),
@@ -204,7 +203,7 @@ impl Deployer {
         let steps = plan::diff(&stored, plan)?;
         let live = self.live.current();
         let items = build_items(&stored, &steps, &live);
-        let linked = match build::build(&self.runtime, &self.store, &live, items).await {
+        let linked = match build::build(&self.runtime, self.store.as_ref(), &live, items).await {
             Ok(linked) if early_problems.is_empty() => linked,
             Ok(_) => return Err(DeployError::Invalid(early_problems)),
             Err(problems) => {
@@ -346,7 +345,7 @@ impl Deployer {
         for (name, handler) in after.handlers() {
             match before.handler(name.as_str()) {
                 None => self
-                    .scheduler
+                    .workers
                     .start_worker(name.clone(), handler.slot.clone()),
                 Some(old) if !Arc::ptr_eq(&old.deployed, &handler.deployed) => {
                     handler.slot.resize(handler.deployed.settings().concurrency);

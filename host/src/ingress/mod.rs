@@ -23,7 +23,7 @@ use crate::config::{IngressPolicy, Unrouted};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::name::HandlerName;
-use crate::store::{Appended, Store, StoreErrorKind};
+use crate::store::{Appended, SharedBackend, StoreErrorKind};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -45,7 +45,7 @@ pub struct IngressState {
     /// The `source` prefix of the host's own handlers (`/{app}`), which producers may not use.
     pub namespace: String,
     pub live: Arc<Live>,
-    pub store: Store,
+    pub store: SharedBackend,
     pub metrics: Arc<Metrics>,
     pub body_limit: usize,
     /// How long a body may take to arrive.

@@ -148,6 +148,11 @@ impl Scheduler {
         tokio::spawn(async move { scheduler.run_worker(name, slot).await });
     }
 
+    /// This scheduler as the deployer's [`crate::live::Workers`].
+    pub fn workers(self: &Arc<Self>) -> Arc<dyn crate::live::Workers> {
+        Arc::new(SchedulerWorkers(self.clone()))
+    }
+
     /// Stop starting invocations, and wait up to `grace` for those in flight to finish.
     pub async fn shutdown(&self, grace: Duration) {
         self.shutdown.send_replace(true);
@@ -682,5 +687,14 @@ mod tests {
             let late = backoff_delay(&backoff, 30);
             assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
         }
+    }
+}
+
+/// The scheduler behind [`crate::live::Workers`].
+struct SchedulerWorkers(Arc<Scheduler>);
+
+impl crate::live::Workers for SchedulerWorkers {
+    fn start_worker(&self, name: HandlerName, slot: Arc<HandlerSlot>) {
+        self.0.start_worker(name, slot);
     }
 }

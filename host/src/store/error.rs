@@ -44,6 +44,15 @@ impl StoreError {
         }
     }
 
+    /// A store that cannot be reached now (cluster mode: NATS or JetStream unavailable):
+    /// worth trying again shortly.
+    pub(crate) fn unavailable(message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind: StoreErrorKind::Busy,
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn broken(message: impl Into<String>) -> StoreError {
         StoreError {
             kind: StoreErrorKind::Broken,

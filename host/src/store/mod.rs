@@ -22,6 +22,7 @@
 //! transaction starts shares it and its one fsync (see [`writer`]). What is deleted, and
 //! when, is [`retention`]'s alone.
 
+mod backend;
 mod deployments;
 mod error;
 mod files;
@@ -38,6 +39,7 @@ use tokio::sync::oneshot;
 
 use crate::event::Event;
 
+pub use backend::{Backend, SharedBackend};
 pub use error::{StoreError, StoreErrorKind};
 pub use files::{DataDirLock, create_private_dir};
 pub use retention::{
@@ -569,7 +571,7 @@ impl Store {
     pub fn state_reader(&self, handler: &HandlerName) -> StateReader {
         StateReader {
             handler: handler.clone(),
-            readers: self.inner.clone(),
+            source: StateSource::Local(self.inner.clone()),
         }
     }
 
@@ -586,27 +588,59 @@ impl Store {
     }
 }
 
-/// Reads one handler's committed state. Blocking: each call is one indexed SQLite read on a
-/// pooled connection (microseconds), cheaper than a hop to the blocking pool.
+/// Reads one handler's committed state, wherever it is kept: the embedded store (each read
+/// one indexed SQLite read on a pooled connection, microseconds, done in place rather than
+/// with a hop to the blocking pool) or, in cluster mode, JetStream ([`RemoteState`]).
 #[derive(Clone)]
 pub struct StateReader {
     handler: HandlerName,
-    readers: Arc<Inner>,
+    source: StateSource,
+}
+
+#[derive(Clone)]
+enum StateSource {
+    Local(Arc<Inner>),
+    Remote(Arc<dyn RemoteState>),
+}
+
+/// State kept elsewhere than the embedded store: what a [`StateReader`] asks of it.
+#[async_trait::async_trait]
+pub trait RemoteState: Send + Sync {
+    /// The value under `key` of `handler` and its version (0: never written).
+    async fn get_versioned(
+        &self,
+        handler: &HandlerName,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, i64)>;
+    /// `handler`'s keys starting with `prefix`, sorted.
+    async fn list_keys(&self, handler: &HandlerName, prefix: &str) -> Result<Vec<String>>;
 }
 
 impl StateReader {
+    /// A reader of `handler`'s state kept in `source`.
+    pub fn remote(handler: HandlerName, source: Arc<dyn RemoteState>) -> StateReader {
+        StateReader {
+            handler,
+            source: StateSource::Remote(source),
+        }
+    }
+
     pub fn handler(&self) -> &HandlerName {
         &self.handler
     }
 
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.get_versioned(key)?.0)
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_versioned(key).await?.0)
     }
 
     /// The value under `key` and its version (0 when the key was never written); the
     /// version is what a commit checks to detect a concurrent write.
-    pub fn get_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, i64)> {
-        self.readers.readers.with(|conn| {
+    pub async fn get_versioned(&self, key: &str) -> Result<(Option<Vec<u8>>, i64)> {
+        let inner = match &self.source {
+            StateSource::Local(inner) => inner,
+            StateSource::Remote(remote) => return remote.get_versioned(&self.handler, key).await,
+        };
+        inner.readers.with(|conn| {
             let row = conn
                 .prepare_cached("SELECT value, version FROM state WHERE handler = ?1 AND key = ?2")?
                 .query_row(params![self.handler.as_str(), key], |row| {
@@ -618,8 +652,12 @@ impl StateReader {
     }
 
     /// Keys starting with `prefix`, sorted.
-    pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        self.readers.readers.with(|conn| {
+    pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let inner = match &self.source {
+            StateSource::Local(inner) => inner,
+            StateSource::Remote(remote) => return remote.list_keys(&self.handler, prefix).await,
+        };
+        inner.readers.with(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT key FROM state WHERE handler = ?1 AND substr(key, 1, length(?2)) = ?2 \
                  AND value IS NOT NULL ORDER BY key",

@@ -1,0 +1,4 @@
+//! Cluster mode (placeholder, filled below).
+
+pub mod batch;
+pub mod subjects;
