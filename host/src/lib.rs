@@ -47,8 +47,8 @@ pub mod admin;
 pub mod api;
 pub mod capabilities;
 pub mod client;
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod deploy;
 pub mod event;
@@ -119,6 +119,9 @@ pub struct Options {
     pub body_read_timeout: Duration,
     /// Redeploy a manifest handler when its module file changes.
     pub watch: bool,
+    /// Run as a host of the app's cluster on NATS JetStream at this URL ([`cluster`]); the
+    /// data directory then holds only the compiled-module cache.
+    pub cluster: Option<String>,
 }
 
 impl Options {
@@ -136,6 +139,7 @@ impl Options {
             http: server::HttpLimits::default(),
             body_read_timeout: ingress::DEFAULT_BODY_READ_TIMEOUT,
             watch: false,
+            cluster: None,
         }
     }
 }
@@ -217,39 +221,19 @@ pub async fn run(
     let runtime = Arc::new(Runtime::new(&RuntimeOptions {
         cache_dir: Some(cache_dir),
     })?);
-    let store = Store::open(&data_dir, options.durability)?;
-    let app = app_of(&store, &data_dir, options.manifest.as_ref()).await?;
-    let metrics = Arc::new(metrics::Metrics::new(store.metric_collectors())?);
-    let clock = Clock::new();
-    let live = Arc::new(Live::new());
-    let scheduler = Scheduler::new(
-        store.clone(),
-        runtime.clone(),
-        metrics.clone(),
-        live.clone(),
-        clock,
-    );
-    let backend: SharedBackend = Arc::new(store.clone());
-    let deployer = Arc::new(Deployer::new(
-        backend.clone(),
-        runtime.clone(),
-        live.clone(),
-        scheduler.workers(),
-        clock,
-        app.clone(),
-    ));
-    // Every module is built before anything is stored: a broken one fails the start with
-    // nothing changed.
-    deployer.start(options.manifest.as_ref()).await?;
-    store.claim_app(&app).await?;
-    let retention_policy = options
-        .manifest
-        .as_ref()
-        .map(|manifest| manifest.retention.clone())
-        .unwrap_or_default();
-    // Stops when `run` returns, so that no pass outlives the host (nor holds its store open
-    // for the next one on this data directory).
-    let _retention = store::start_retention(store.clone(), retention_policy);
+    let host = match &options.cluster {
+        None => start_embedded(&options, &data_dir, runtime.clone()).await?,
+        Some(url) => cluster::start(url, &options, runtime.clone()).await?,
+    };
+    let Started {
+        app,
+        backend,
+        live,
+        deployer,
+        metrics,
+        workers,
+        _retention,
+    } = host;
     if options.watch
         && let Some(manifest) = &options.manifest
     {
@@ -276,7 +260,7 @@ pub async fn run(
         token: admin_token,
         metrics_open: options.metrics_open,
     });
-    tracing::info!(%addr, store = ?store.path(), "evhost is serving");
+    tracing::info!(%addr, cluster = options.cluster.is_some(), "evhost is serving");
 
     let stop_taking_events = async move {
         shutdown.await;
@@ -291,9 +275,88 @@ pub async fn run(
         options.shutdown_grace,
     )
     .await;
-    scheduler.shutdown(options.shutdown_grace).await;
+    workers.shutdown(options.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A host's parts once its handlers are live, whichever backend it runs on.
+pub struct Started {
+    pub app: AppName,
+    pub backend: SharedBackend,
+    pub live: Arc<Live>,
+    pub deployer: Arc<Deployer>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub workers: RunningWorkers,
+    /// The embedded store's background retention, stopped when dropped.
+    pub _retention: Option<store::RetentionTask>,
+}
+
+/// What runs deliveries, to stop at shutdown.
+pub enum RunningWorkers {
+    Embedded(Arc<Scheduler>),
+    Cluster(cluster::worker::ClusterWorkers),
+}
+
+impl RunningWorkers {
+    /// Stop starting deliveries; let running ones finish within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        match self {
+            RunningWorkers::Embedded(scheduler) => scheduler.shutdown(grace).await,
+            RunningWorkers::Cluster(workers) => workers.shutdown(grace).await,
+        }
+    }
+}
+
+/// Open the embedded store in `data_dir` and make the manifest's handlers (and every other
+/// stored one) live.
+async fn start_embedded(
+    options: &Options,
+    data_dir: &std::path::Path,
+    runtime: Arc<Runtime>,
+) -> Result<Started> {
+    let store = Store::open(data_dir, options.durability)?;
+    let app = app_of(&store, data_dir, options.manifest.as_ref()).await?;
+    let metrics = Arc::new(metrics::Metrics::new(store.metric_collectors())?);
+    let clock = Clock::new();
+    let live = Arc::new(Live::new());
+    let scheduler = Scheduler::new(
+        store.clone(),
+        runtime.clone(),
+        metrics.clone(),
+        live.clone(),
+        clock,
+    );
+    let backend: SharedBackend = Arc::new(store.clone());
+    let deployer = Arc::new(Deployer::new(
+        backend.clone(),
+        runtime,
+        live.clone(),
+        scheduler.workers(),
+        clock,
+        app.clone(),
+    ));
+    // Every module is built before anything is stored: a broken one fails the start with
+    // nothing changed.
+    deployer.start(options.manifest.as_ref()).await?;
+    store.claim_app(&app).await?;
+    let retention_policy = options
+        .manifest
+        .as_ref()
+        .map(|manifest| manifest.retention.clone())
+        .unwrap_or_default();
+    // Stops when `run` returns, so that no pass outlives the host (nor holds its store open
+    // for the next one on this data directory).
+    let retention = store::start_retention(store.clone(), retention_policy);
+    Ok(Started {
+        app,
+        backend,
+        live,
+        deployer,
+        metrics,
+        workers: RunningWorkers::Embedded(scheduler),
+        _retention: Some(retention),
+    })
 }
 
 /// The app this host runs: the manifest's, which must be the one the data directory holds

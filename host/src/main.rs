@@ -93,6 +93,10 @@ enum Command {
         /// Apply the manifest again whenever it or a module it names changes.
         #[arg(long)]
         watch: bool,
+        /// Join the app's cluster on NATS JetStream at this URL (several servers:
+        /// comma-separated) instead of keeping it in the data directory's SQLite store.
+        #[arg(long, env = "EVHOST_CLUSTER")]
+        cluster: Option<String>,
     },
     /// Deploy a new version of a handler to a running host.
     Deploy {
@@ -246,6 +250,7 @@ async fn command(command: Command) -> Result<()> {
             body_timeout_ms,
             metrics_open,
             watch,
+            cluster,
         } => {
             let mut options = evhost::Options::new(data);
             options.durability = if no_fsync {
@@ -265,6 +270,7 @@ async fn command(command: Command) -> Result<()> {
             };
             options.body_read_timeout = Duration::from_millis(body_timeout_ms.max(1));
             options.watch = watch;
+            options.cluster = cluster;
             up(&app, build, &listen, options).await
         }
         Command::Send {

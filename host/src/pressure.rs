@@ -57,6 +57,13 @@ impl Queue {
         self.pending.load(Ordering::Relaxed)
     }
 
+    /// The count as someone who sees the whole queue tells it (a cluster host: what its
+    /// handler's consumers hold, over all hosts), replacing this host's own count.
+    pub fn set_pending(&self, n: u64) {
+        self.pending.store(n, Ordering::Relaxed);
+        self.room.notify_waiters();
+    }
+
     /// Count `n` more deliveries whatever the limit (a redrive).
     pub fn added(&self, n: u64) {
         self.pending.fetch_add(n, Ordering::Relaxed);

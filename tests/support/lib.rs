@@ -6,6 +6,11 @@
 //! ([`TestHost`], `evhost::run` on a task) or as the `evhost` binary ([`HostProcess`]); both
 //! hand out the same [`HostClient`], so a test reads the log, the deliveries and the state
 //! with the same helpers whichever it starts.
+//!
+//! The cluster mode's tests also start NATS: a JetStream server or cluster of their own per
+//! test, from [`nats`].
+
+pub mod nats;
 
 use std::ffi::OsString;
 use std::fs::File;

@@ -297,7 +297,12 @@ mod tests {
 
     #[test]
     fn tokens_keep_subjects_whole_and_read_back() {
-        for text in ["com.example.shop.order.placed.v1", "stock/sku-1", "a b*c>d_e", "é"] {
+        for text in [
+            "com.example.shop.order.placed.v1",
+            "stock/sku-1",
+            "a b*c>d_e",
+            "é",
+        ] {
             let t = token(text);
             assert!(
                 t.bytes()

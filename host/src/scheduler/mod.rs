@@ -631,7 +631,11 @@ impl Scheduler {
 
 /// Why these emitted events may not be committed, if one is past [`MAX_CAUSATION_DEPTH`]:
 /// the loop it went round, as far as the handlers have shown it.
-fn past_hop_limit(live: &LiveSet, from: &HandlerName, emitted: &[Event]) -> Option<String> {
+pub(crate) fn past_hop_limit(
+    live: &LiveSet,
+    from: &HandlerName,
+    emitted: &[Event],
+) -> Option<String> {
     let deepest = emitted.iter().max_by_key(|e| e.causation_depth())?;
     let depth = deepest.causation_depth();
     if depth <= MAX_CAUSATION_DEPTH {
@@ -669,6 +673,15 @@ pub fn backoff_delay(backoff: &Backoff, attempt: u32) -> Duration {
     ceiling.mul_f64(factor)
 }
 
+/// The scheduler behind [`crate::live::Workers`].
+struct SchedulerWorkers(Arc<Scheduler>);
+
+impl crate::live::Workers for SchedulerWorkers {
+    fn start_worker(&self, name: HandlerName, slot: Arc<HandlerSlot>) {
+        self.0.start_worker(name, slot);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,14 +700,5 @@ mod tests {
             let late = backoff_delay(&backoff, 30);
             assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
         }
-    }
-}
-
-/// The scheduler behind [`crate::live::Workers`].
-struct SchedulerWorkers(Arc<Scheduler>);
-
-impl crate::live::Workers for SchedulerWorkers {
-    fn start_worker(&self, name: HandlerName, slot: Arc<HandlerSlot>) {
-        self.0.start_worker(name, slot);
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::{
-    Applied, Appended, Compacted, DeadLetter, DeadLetterQuery, Deployment, DeploymentChange,
+    Appended, Applied, Compacted, DeadLetter, DeadLetterQuery, Deployment, DeploymentChange,
     EventQuery, HandlerRecord, LoggedEvent, RedriveTarget, StateReader, Store, StoreResult,
 };
 use crate::name::HandlerName;
@@ -37,8 +37,7 @@ pub trait Backend: Send + Sync {
     async fn handler_records(&self) -> StoreResult<Vec<HandlerRecord>>;
     async fn versions(&self, handler: &HandlerName) -> StoreResult<Vec<Deployment>>;
     /// Apply `changes` together, in order; returns once durable.
-    async fn apply_deployments(&self, changes: Vec<DeploymentChange>)
-    -> StoreResult<Vec<Applied>>;
+    async fn apply_deployments(&self, changes: Vec<DeploymentChange>) -> StoreResult<Vec<Applied>>;
     async fn module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Dead-letter what is pending for handlers no longer deployed, with `reason`.
     async fn dead_letter_orphans(&self, reason: &str) -> StoreResult<usize>;
@@ -86,10 +85,7 @@ impl Backend for Store {
     async fn versions(&self, handler: &HandlerName) -> StoreResult<Vec<Deployment>> {
         Store::versions(self, handler).await
     }
-    async fn apply_deployments(
-        &self,
-        changes: Vec<DeploymentChange>,
-    ) -> StoreResult<Vec<Applied>> {
+    async fn apply_deployments(&self, changes: Vec<DeploymentChange>) -> StoreResult<Vec<Applied>> {
         Store::apply_deployments(self, changes).await
     }
     async fn module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {

@@ -1,0 +1,370 @@
+//! Cluster mode: several hosts on one NATS JetStream (a server each test starts for itself)
+//! behave as one evhost. Every host takes events and admin calls; the checks read the log
+//! and the state through whichever host, and expect the same answer from each.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use evhost::config::Manifest;
+use evhost_tests::nats::NatsServer;
+use evhost_tests::{
+    HostClient, TestHost, event, guest, manifest, place_order, shop_manifest, stock_added,
+};
+use serde_json::{Value, json};
+
+const SHIPPED: &str = "com.example.shop.shipment.created.v1";
+const UNAVAILABLE: &str = "com.example.shop.stock.unavailable.v1";
+const RECORD: &str = "com.example.test.record.v1";
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `n` hosts of `manifest` on the cluster at `url`, each with its own data directory (which
+/// holds only its compiled modules). They start one after the other, as operators would
+/// bring them up, and every one applies the same manifest.
+async fn hosts(manifest: Manifest, url: &str, n: usize) -> Vec<TestHost> {
+    let mut hosts = Vec::new();
+    for _ in 0..n {
+        let data = tempfile::tempdir().expect("a temporary directory");
+        let url = url.to_owned();
+        let host = TestHost::start_configured(manifest.clone(), data, move |options| {
+            options.cluster = Some(url);
+        })
+        .await
+        .expect("a cluster host starts");
+        hosts.push(host);
+    }
+    hosts
+}
+
+fn recorder_app(settings: &str) -> Manifest {
+    manifest(&format!(
+        "[app]\nname = \"rec\"\n\n[[handler]]\nname = \"recorder\"\n\
+         module = \"{{guests}}/recorder.wasm\"\nsubscribe = [\"{RECORD}\"]\n{settings}\n"
+    ))
+}
+
+fn record(id: &str, subject: &str, data: Value) -> Value {
+    let mut e = event(id, RECORD, data);
+    e["subject"] = json!(subject);
+    e
+}
+
+/// Events of `ty` in the log, as `host` lists them.
+async fn count_of_type(host: &HostClient, ty: &str) -> usize {
+    host.events(&[("type", ty), ("limit", "1000")]).await.len()
+}
+
+/// Deliveries this host committed for `handler`, from its own `/metrics`.
+async fn committed_here(host: &HostClient, handler: &str) -> u64 {
+    let metrics = host.metrics().await;
+    let prefix = format!("evhost_deliveries_total{{handler=\"{handler}\",outcome=\"ok\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_posted_to_every_host_ship_once_and_the_last_unit_sells_once() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(shop_manifest(), &nats.url(), 3).await;
+
+    assert_eq!(
+        hosts[0]
+            .post_structured(&stock_added("s-1", "sku-1", 20))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        hosts[1]
+            .post_structured(&stock_added("s-2", "sku-last", 1))
+            .await
+            .status(),
+        202
+    );
+    hosts[2]
+        .eventually("stock is in", WAIT, || async {
+            hosts[2].state("inventory", "stock/sku-1").await == Some(json!(20))
+                && hosts[2].state("inventory", "stock/sku-last").await == Some(json!(1))
+        })
+        .await;
+
+    // 15 orders for sku-1 and 6 racing for the last unit of sku-last, round robin over the
+    // hosts, all at once.
+    let mut posts = Vec::new();
+    for i in 0..21 {
+        let client = hosts[i % 3].client().clone();
+        let order = match i < 15 {
+            true => place_order(&format!("o-{i}"), "sku-1", 1, 10.0),
+            false => place_order(&format!("race-{i}"), "sku-last", 1, 10.0),
+        };
+        posts.push(tokio::spawn(async move {
+            client.post_structured(&order).await.status()
+        }));
+    }
+    for post in posts {
+        assert_eq!(post.await.expect("the post"), 202);
+    }
+
+    hosts[0]
+        .eventually("every order settled", WAIT, || async {
+            count_of_type(&hosts[0], SHIPPED).await + count_of_type(&hosts[0], UNAVAILABLE).await
+                == 21
+        })
+        .await;
+    for host in &hosts {
+        host.wait_idle(WAIT).await;
+    }
+
+    // Every host tells the same story: each sku-1 order shipped once, exactly one of the
+    // racers got the last unit, the stock is exact.
+    for host in &hosts {
+        let shipped = host
+            .cloudevents(&[("type", SHIPPED), ("limit", "1000")])
+            .await;
+        let mut per_order: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &shipped {
+            *per_order
+                .entry(e["subject"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
+        }
+        assert!(per_order.values().all(|&n| n == 1), "{per_order:?}");
+        let sku1 = per_order.keys().filter(|o| o.starts_with("o-")).count();
+        let racers = per_order.keys().filter(|o| o.starts_with("race-")).count();
+        assert_eq!((sku1, racers), (15, 1), "{per_order:?}");
+        assert_eq!(count_of_type(host, UNAVAILABLE).await, 5);
+        assert_eq!(host.state("inventory", "stock/sku-1").await, Some(json!(5)));
+        assert_eq!(
+            host.state("inventory", "stock/sku-last").await,
+            Some(json!(0))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicates_posted_to_different_hosts_are_stored_once() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(recorder_app("concurrency = 4"), &nats.url(), 3).await;
+
+    // The same event to three hosts at once: one of them stores it, two say duplicate.
+    let mut posts = Vec::new();
+    for host in &hosts {
+        let client = host.client().clone();
+        posts.push(tokio::spawn(async move {
+            let response = client
+                .post_structured(&record("dup-1", "k", json!({})))
+                .await;
+            assert_eq!(response.status(), 202);
+            let body: Value = response.json().await.expect("a JSON body");
+            body["accepted"][0].clone()
+        }));
+    }
+    let mut answers = Vec::new();
+    for post in posts {
+        answers.push(post.await.expect("the post"));
+    }
+    let new = answers.iter().filter(|a| a["duplicate"] == false).count();
+    assert_eq!(new, 1, "{answers:?}");
+    let seqs: Vec<&Value> = answers.iter().map(|a| &a["seq"]).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] == w[1]),
+        "one event, one position: {seqs:?}"
+    );
+
+    // Later, and in a batch with a new event: the duplicate is still known (no window).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let response = hosts[2]
+        .post_batch(&[
+            record("dup-1", "k", json!({})),
+            record("new-1", "k", json!({})),
+        ])
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["accepted"][0]["duplicate"], true);
+    assert_eq!(body["accepted"][1]["duplicate"], false);
+
+    hosts[0]
+        .eventually("both recorded", WAIT, || async {
+            hosts[0].state("recorder", "count").await == Some(json!(2))
+        })
+        .await;
+    for host in &hosts {
+        let log = host.events(&[("type", RECORD), ("limit", "100")]).await;
+        let ids: Vec<&str> = log
+            .iter()
+            .filter_map(|e| e["event"]["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["dup-1", "new-1"], "{log:?}");
+    }
+    assert_eq!(
+        hosts[1].state("recorder", "seen/k").await,
+        Some(json!(["dup-1", "new-1"]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_is_counted_across_the_cluster() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(recorder_app("concurrency = 2"), &nats.url(), 3).await;
+
+    let mut posts = Vec::new();
+    for i in 0..12 {
+        let client = hosts[i % 3].client().clone();
+        let e = record(
+            &format!("c-{i}"),
+            &format!("k-{i}"),
+            json!({"sleep_ms": 300, "span": true}),
+        );
+        posts.push(tokio::spawn(async move {
+            client.post_structured(&e).await.status()
+        }));
+    }
+    for post in posts {
+        assert_eq!(post.await.expect("the post"), 202);
+    }
+    hosts[0]
+        .eventually("all recorded", WAIT, || async {
+            hosts[0].state("recorder", "count").await == Some(json!(12))
+        })
+        .await;
+
+    let mut edges = Vec::new();
+    for i in 0..12 {
+        let span = hosts[i % 3]
+            .state("recorder", &format!("span/c-{i}"))
+            .await
+            .expect("a span");
+        let (start, end) = (span[0].as_u64().unwrap(), span[1].as_u64().unwrap());
+        edges.push((start, 1i32));
+        edges.push((end, -1i32));
+    }
+    // Ends before starts at the same instant: touching spans do not overlap.
+    edges.sort();
+    let mut running = 0;
+    let mut most = 0;
+    for (_, step) in edges {
+        running += step;
+        most = most.max(running);
+    }
+    assert_eq!(
+        most, 2,
+        "at most `concurrency` at once, and both slots used"
+    );
+    // And the work went to more than one host.
+    let mut busy_hosts = 0;
+    for host in &hosts {
+        if committed_here(host, "recorder").await > 0 {
+            busy_hosts += 1;
+        }
+    }
+    assert!(busy_hosts >= 2, "one host did everything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_key_keeps_its_order_while_keys_spread_over_hosts() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(
+        recorder_app("concurrency = 4\nordering = \"key\"\nkey = \"subject\""),
+        &nats.url(),
+        3,
+    )
+    .await;
+
+    // Each key's events go to a different host each time, in order, one after the other;
+    // the keys interleave.
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    let mut sent: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for n in 0..8 {
+        for (k, key) in keys.iter().enumerate() {
+            let id = format!("{key}-{n}");
+            let host = &hosts[(n + k) % 3];
+            let e = record(&id, key, json!({"sleep_ms": 20}));
+            assert_eq!(host.post_structured(&e).await.status(), 202);
+            sent.entry(key).or_default().push(id);
+        }
+    }
+    hosts[0]
+        .eventually("all recorded", WAIT, || async {
+            hosts[0].state("recorder", "count").await == Some(json!(48))
+        })
+        .await;
+    for (key, ids) in &sent {
+        let seen = hosts[1].state("recorder", &format!("seen/{key}")).await;
+        assert_eq!(seen, Some(json!(ids)), "key {key}");
+    }
+    let mut busy_hosts = 0;
+    for host in &hosts {
+        if committed_here(host, "recorder").await > 0 {
+            busy_hosts += 1;
+        }
+    }
+    assert!(busy_hosts >= 2, "one host did everything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_rollback_and_removal_on_one_host_reach_the_others() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(recorder_app("config = { label = \"v1\" }"), &nats.url(), 3).await;
+    let module = std::fs::read(guest("recorder")).expect("the recorder module");
+
+    let config = format!("subscribe = [\"{RECORD}\"]\nconfig = {{ label = \"v2\" }}\n");
+    let answer = hosts[0]
+        .api
+        .deploy("recorder", module, Some(config))
+        .await
+        .expect("the deploy");
+    assert_eq!(answer.version, 2);
+    for host in &hosts[1..] {
+        host.eventually("version 2 live", WAIT, || async {
+            host.handler_info("recorder").await.version == 2
+        })
+        .await;
+    }
+    assert_eq!(
+        hosts[2]
+            .post_structured(&record("after-deploy", "k", json!({})))
+            .await
+            .status(),
+        202
+    );
+    hosts[1]
+        .eventually("handled by v2", WAIT, || async {
+            hosts[1].state("recorder", "handled/after-deploy").await == Some(json!("v2"))
+        })
+        .await;
+
+    hosts[1]
+        .api
+        .rollback("recorder")
+        .await
+        .expect("the rollback");
+    for host in [&hosts[0], &hosts[2]] {
+        host.eventually("version 1 live again", WAIT, || async {
+            host.handler_info("recorder").await.version == 1
+        })
+        .await;
+    }
+    assert_eq!(
+        hosts[0]
+            .post_structured(&record("after-rollback", "k", json!({})))
+            .await
+            .status(),
+        202
+    );
+    hosts[2]
+        .eventually("handled by v1", WAIT, || async {
+            hosts[2].state("recorder", "handled/after-rollback").await == Some(json!("v1"))
+        })
+        .await;
+
+    hosts[2].api.remove("recorder").await.expect("the removal");
+    for host in &hosts[..2] {
+        host.eventually("removed", WAIT, || async {
+            host.handlers().await.is_empty()
+        })
+        .await;
+    }
+}
