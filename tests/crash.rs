@@ -53,7 +53,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use evhost::capabilities::emit::emitted_id;
-use evhost_tests::{HostClient, HostProcess, evhost_binary, guests_dir, workspace};
+use evhost_tests::nats::{NatsCluster, NatsServer};
+use evhost_tests::{HostClient, HostProcess, evhost_binary, guests_dir, shop_dir_with, workspace};
 use serde_json::{Value, json};
 
 const PLACE: &str = "com.example.shop.order.place.v1";
@@ -79,6 +80,114 @@ const MAX_LISTED: usize = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shop_flow_survives_kill_9() {
+    survives(Topology::Single).await;
+}
+
+/// The same workload and oracle against three cluster hosts on one NATS server: the clients
+/// post round robin to the hosts, and the kills take one host at a time (the others go on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_survives_kill_9_of_its_hosts() {
+    survives(Topology::Cluster).await;
+}
+
+/// Three cluster hosts on a three-node NATS cluster with `replicas = 3`: the "kills" are of
+/// one NATS node at a time (SIGKILL, then a restart on its store), while the hosts go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_survives_kill_9_of_a_nats_node() {
+    survives(Topology::NatsNodes).await;
+}
+
+/// What the test runs the shop on, and what it kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// One host on its SQLite store; the host is killed.
+    Single,
+    /// Three cluster hosts on one NATS server; a host is killed.
+    Cluster,
+    /// Three cluster hosts on a three-node NATS cluster; a NATS node is killed.
+    NatsNodes,
+}
+
+/// The hosts (and NATS servers) under test.
+struct Rig {
+    topology: Topology,
+    hosts: Vec<HostProcess>,
+    /// Holds the shop manifest with `[cluster] replicas = 3`.
+    _dir: Option<tempfile::TempDir>,
+    nats: Option<NatsServer>,
+    nats_cluster: Option<NatsCluster>,
+}
+
+impl Rig {
+    async fn start(topology: Topology, http: &reqwest::Client) -> Rig {
+        let shop = workspace().join("examples/shop");
+        let shop = shop.to_str().expect("a UTF-8 path").to_owned();
+        let host = |args: &[&str]| {
+            HostProcess::new(&workspace(), args)
+                .with_http(http.clone())
+                .with_start_timeout(Duration::from_secs(120))
+        };
+        let mut rig = Rig {
+            topology,
+            hosts: Vec::new(),
+            _dir: None,
+            nats: None,
+            nats_cluster: None,
+        };
+        match topology {
+            Topology::Single => rig.hosts.push(host(&[&shop])),
+            Topology::Cluster => {
+                let nats = NatsServer::start().await;
+                for _ in 0..3 {
+                    rig.hosts.push(host(&[&shop, "--cluster", &nats.url()]));
+                }
+                rig.nats = Some(nats);
+            }
+            Topology::NatsNodes => {
+                let nats = NatsCluster::start(3).await;
+                let dir = shop_dir_with("[cluster]\nreplicas = 3\n");
+                let app = dir.path().to_str().expect("a UTF-8 path").to_owned();
+                for _ in 0..3 {
+                    rig.hosts.push(host(&[&app, "--cluster", &nats.url()]));
+                }
+                rig.nats_cluster = Some(nats);
+                rig._dir = Some(dir);
+            }
+        }
+        for host in &mut rig.hosts {
+            host.start().await;
+        }
+        rig
+    }
+
+    fn clients(&self) -> Vec<HostClient> {
+        self.hosts.iter().map(|h| (**h).clone()).collect()
+    }
+
+    /// Kill one of what this topology kills (chosen by `pick`), wait `down`, start it again.
+    async fn kill_one(&mut self, pick: u64, down: Duration) -> String {
+        match self.topology {
+            Topology::Single | Topology::Cluster => {
+                let index = (pick % self.hosts.len() as u64) as usize;
+                self.hosts[index].kill().await;
+                tokio::time::sleep(down).await;
+                self.hosts[index].start().await;
+                format!("host {index}")
+            }
+            Topology::NatsNodes => {
+                let nats = self.nats_cluster.as_ref().expect("a NATS cluster");
+                let index = (pick % 3) as usize;
+                let node = nats.node(index);
+                node.kill();
+                tokio::time::sleep(down).await;
+                node.restart().await;
+                format!("NATS node {}", node.name())
+            }
+        }
+    }
+}
+
+async fn survives(topology: Topology) {
     let orders = env_number("EVHOST_CRASH_ORDERS").map_or(DEFAULT_ORDERS, |n| n.max(1) as usize);
     let seed = env_number("EVHOST_CRASH_SEED").unwrap_or_else(|| {
         let now = SystemTime::now()
@@ -110,15 +219,16 @@ async fn the_shop_flow_survives_kill_9() {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .expect("an HTTP client");
-    let shop = workspace().join("examples/shop");
-    let shop = shop.to_str().expect("a UTF-8 path");
-    let mut host = HostProcess::new(&workspace(), &[shop])
-        .with_http(http)
-        .with_start_timeout(Duration::from_secs(120));
-    let client = host.start().await.clone();
-    println!("host up in {:.1?} at {}", started.elapsed(), client.base);
+    let mut rig = Rig::start(topology, &http).await;
+    let clients = rig.clients();
+    println!(
+        "{topology:?}: up in {:.1?} at {:?}",
+        started.elapsed(),
+        clients.iter().map(|c| c.base.as_str()).collect::<Vec<_>>()
+    );
     let shared = Arc::new(Shared {
-        host: RwLock::new(client),
+        hosts: RwLock::new(clients),
+        next: AtomicUsize::new(0),
         settled: AtomicUsize::new(0),
     });
     let kills_wanted = env_number("EVHOST_CRASH_KILLS").map(|n| n.max(1) as usize);
@@ -171,16 +281,16 @@ async fn the_shop_flow_survives_kill_9() {
         tokio::time::sleep(Duration::from_millis(jitter)).await;
         let settled = shared.settled.load(Ordering::SeqCst);
         let pending = pending_deliveries(&shared).await;
-        host.kill().await;
+        let pick = rng.range(0, 1000);
+        let down = Duration::from_millis(rng.range(0, 300));
+        let killed = rig.kill_one(pick, down).await;
         println!(
-            "kill {}/{kills} at {:.1?}: {settled}/{total} requests accepted, {pending} \
-             deliveries pending",
+            "kill {}/{kills} ({killed}) at {:.1?}: {settled}/{total} requests accepted, \
+             {pending} deliveries pending",
             n + 1,
             started.elapsed()
         );
-        tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;
-        let client = host.start().await.clone();
-        *shared.host.write().expect("the host lock") = client;
+        *shared.hosts.write().expect("the hosts lock") = rig.clients();
     }
 
     let mut seen = Seen::default();
@@ -471,16 +581,20 @@ impl Workload {
 
 /// What the clients and the killer share.
 struct Shared {
-    /// The running host; every restart listens on a new port, so the killer swaps this.
-    host: RwLock<HostClient>,
+    /// The running hosts; every restart listens on a new port, so the killer swaps these.
+    hosts: RwLock<Vec<HostClient>>,
+    /// Which host the next request goes to: round robin, so that in a cluster every host
+    /// takes events (a request to a killed host fails, and its retry goes to the next).
+    next: AtomicUsize,
     /// Requests accepted (or given up on at the deadline).
     settled: AtomicUsize,
 }
 
 impl Shared {
-    /// The host as it runs now.
+    /// A host as they run now, the next in turn.
     fn client(&self) -> HostClient {
-        self.host.read().expect("the host lock").clone()
+        let hosts = self.hosts.read().expect("the hosts lock");
+        hosts[self.next.fetch_add(1, Ordering::Relaxed) % hosts.len()].clone()
     }
 }
 

@@ -128,6 +128,16 @@ pub fn open_shop_manifest() -> Manifest {
     manifest
 }
 
+/// A folder holding a copy of the shop's manifest with `tables` (TOML text) added at its
+/// end, its module paths made absolute: e.g. a `[cluster]` table.
+pub fn shop_dir_with(tables: &str) -> TempDir {
+    let dir = shop_dir_accepting(&[]);
+    let path = dir.path().join("evhost.toml");
+    let text = std::fs::read_to_string(&path).expect("the copied manifest");
+    std::fs::write(&path, format!("{text}\n{tables}")).expect("write the manifest");
+    dir
+}
+
 /// A folder holding a copy of the shop's manifest whose `[ingress] accept` also lists
 /// `accept`, its module paths made absolute: for tests that run `evhost up` on a shop with
 /// handlers of their own.
