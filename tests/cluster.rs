@@ -368,3 +368,142 @@ async fn a_deploy_rollback_and_removal_on_one_host_reach_the_others() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_the_same_from_every_host_and_any_host_redrives_them() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(
+        recorder_app("max_attempts = 2\nbackoff = { initial_ms = 50, max_ms = 100 }"),
+        &nats.url(),
+        3,
+    )
+    .await;
+    let failing = record("bad", "k", json!({"fail": "retry"}));
+    assert_eq!(hosts[0].post_structured(&failing).await.status(), 202);
+    let rejected = record("rejected", "k", json!({"fail": "reject"}));
+    assert_eq!(hosts[1].post_structured(&rejected).await.status(), 202);
+
+    let dead = hosts[2].wait_dead("bad", "recorder", WAIT).await;
+    assert_eq!(dead.attempts, 2);
+    hosts[0].wait_dead("rejected", "recorder", WAIT).await;
+    let mut ids = Vec::new();
+    for host in &hosts {
+        let letters = host.wait_dead_letters(2, WAIT).await;
+        let mut found: Vec<(String, u32, usize)> = letters
+            .iter()
+            .map(|l| {
+                let id = l.event["id"].as_str().unwrap_or("").to_owned();
+                (id, l.attempts, l.errors.len())
+            })
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [("bad".to_owned(), 2, 2), ("rejected".to_owned(), 1, 1)],
+            "{letters:?}"
+        );
+        let bad = letters
+            .iter()
+            .find(|l| l.event["id"] == "bad")
+            .expect("bad");
+        assert!(bad.errors[0].error.contains("asked for a retry"), "{bad:?}");
+        ids.push(bad.id);
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "one dead letter, one id: {ids:?}"
+    );
+
+    // Redriven from another host than the one that ran it: it runs again (and, still asking
+    // for a retry, dies again, its errors over both runs kept).
+    hosts[1].api.redrive(ids[0]).await.expect("the redrive");
+    hosts[0]
+        .eventually("dead again after the redrive", WAIT, || async {
+            let letters = hosts[0].dead_letters(&[("handler", "recorder")]).await;
+            letters
+                .iter()
+                .any(|l| l.event["id"] == "bad" && l.redrives == 1 && l.errors.len() == 4)
+        })
+        .await;
+    let rejected_id = hosts[2]
+        .dead_letters(&[])
+        .await
+        .into_iter()
+        .find(|l| l.event["id"] == "rejected")
+        .expect("the rejected letter")
+        .id;
+    hosts[2]
+        .api
+        .discard(rejected_id)
+        .await
+        .expect("the discard");
+    for host in &hosts {
+        let delivery = host.delivery_to("rejected", "recorder").await;
+        assert_eq!(delivery.status, evhost::store::DeliveryStatus::Discarded);
+        assert!(
+            host.dead_letters(&[])
+                .await
+                .iter()
+                .all(|l| l.event["id"] != "rejected")
+        );
+    }
+    // Nothing of the failed runs was committed.
+    assert_eq!(hosts[0].state("recorder", "count").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_nats_is_away_ingress_answers_503_and_nothing_is_lost() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(recorder_app("concurrency = 4"), &nats.url(), 2).await;
+    for i in 0..5 {
+        let e = record(&format!("before-{i}"), "k", json!({}));
+        assert_eq!(hosts[i % 2].post_structured(&e).await.status(), 202);
+    }
+    hosts[0]
+        .eventually("recorded", WAIT, || async {
+            hosts[0].state("recorder", "count").await == Some(json!(5))
+        })
+        .await;
+
+    nats.kill();
+    let response = hosts[1]
+        .post_structured(&record("during", "k", json!({})))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let problem: Value = response.json().await.expect("a problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("JetStream"),
+        "{problem}"
+    );
+    let ready = hosts[1].get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+
+    nats.restart().await;
+    // The producer sends its refused event again, and more; the hosts reconnect by
+    // themselves.
+    hosts[1]
+        .eventually("taking events again", WAIT, || async {
+            hosts[1]
+                .post_structured(&record("during", "k", json!({})))
+                .await
+                .status()
+                == 202
+        })
+        .await;
+    for i in 0..5 {
+        let e = record(&format!("after-{i}"), "k", json!({}));
+        assert_eq!(hosts[i % 2].post_structured(&e).await.status(), 202);
+    }
+    hosts[0]
+        .eventually("everything recorded", WAIT, || async {
+            hosts[0].state("recorder", "count").await == Some(json!(11))
+        })
+        .await;
+    let seen = hosts[1].state("recorder", "seen/k").await.expect("seen");
+    assert_eq!(seen.as_array().map(Vec::len), Some(11), "{seen}");
+    assert_eq!(hosts[1].get("/readyz").await.status(), 200);
+}

@@ -679,7 +679,7 @@ fn is_not_found(err: &stream::DirectGetError) -> bool {
 }
 
 fn unavailable(err: anyhow::Error) -> StoreError {
-    StoreError::unavailable(format!("{err:#}"))
+    StoreError::unavailable(format!("JetStream is unavailable: {err:#}"))
 }
 
 fn broken(err: anyhow::Error) -> StoreError {
@@ -885,6 +885,9 @@ impl Backend for ClusterBackend {
     }
 
     fn write_failure(&self) -> Option<String> {
+        if self.0.client.connection_state() != async_nats::connection::State::Connected {
+            return Some("not connected to NATS".to_owned());
+        }
         self.0.failure.lock().expect("not poisoned").clone()
     }
 

@@ -261,9 +261,14 @@ fn store_refused(err: &crate::store::StoreError) -> Problem {
         }
         StoreErrorKind::Busy => {
             tracing::warn!(error = %err, "the store cannot take events now");
+            // Why, for an operator reading a client's error: the database was busy, or (a
+            // cluster host) JetStream could not be reached.
             Problem::service_unavailable(
                 Some(STORE_UNAVAILABLE_WAIT),
-                "the store cannot take events now: nothing was stored, send them again later",
+                format!(
+                    "the store cannot take events now ({err}): nothing was stored, send them \
+                     again later"
+                ),
             )
         }
         StoreErrorKind::Broken => {
