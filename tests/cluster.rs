@@ -307,10 +307,16 @@ async fn each_key_keeps_its_order_while_keys_spread_over_hosts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deploy_rollback_and_removal_on_one_host_reach_the_others() {
     let nats = NatsServer::start().await;
-    let hosts = hosts(recorder_app("config = { label = \"v1\" }"), &nats.url(), 3).await;
+    let hosts = hosts(
+        recorder_app("concurrency = 1\nconfig = { label = \"v1\" }"),
+        &nats.url(),
+        3,
+    )
+    .await;
     let module = std::fs::read(guest("recorder")).expect("the recorder module");
 
-    let config = format!("subscribe = [\"{RECORD}\"]\nconfig = {{ label = \"v2\" }}\n");
+    let config =
+        format!("subscribe = [\"{RECORD}\"]\nconcurrency = 1\nconfig = {{ label = \"v2\" }}\n");
     let answer = hosts[0]
         .api
         .deploy("recorder", module, Some(config))
@@ -360,12 +366,34 @@ async fn a_deploy_rollback_and_removal_on_one_host_reach_the_others() {
         })
         .await;
 
-    hosts[2].api.remove("recorder").await.expect("the removal");
+    // Removed while deliveries wait: as on one host, what was pending becomes dead letters,
+    // and nothing is left pending.
+    for i in 0..6 {
+        let e = record(&format!("queued-{i}"), "k", json!({"sleep_ms": 300}));
+        assert_eq!(hosts[i % 3].post_structured(&e).await.status(), 202);
+    }
+    let removed = hosts[2].api.remove("recorder").await.expect("the removal");
+    assert!(removed.dead_lettered >= 1, "{removed:?}");
     for host in &hosts[..2] {
         host.eventually("removed", WAIT, || async {
             host.handlers().await.is_empty()
         })
         .await;
+    }
+    let letters = hosts[0].dead_letters(&[("handler", "recorder")]).await;
+    assert_eq!(letters.len(), removed.dead_lettered, "{letters:?}");
+    assert!(
+        letters.iter().all(|l| l
+            .errors
+            .last()
+            .is_some_and(|e| e.error == "handler removed")),
+        "{letters:?}"
+    );
+    for i in 0..6 {
+        let delivery = hosts[1]
+            .delivery_to(&format!("queued-{i}"), "recorder")
+            .await;
+        assert!(delivery.status.is_settled(), "queued-{i}: {delivery:?}");
     }
 }
 

@@ -472,62 +472,69 @@ impl ClusterStore {
         Ok(())
     }
 
-    /// Dead-letter every delivery `handler`'s consumers still hold or have not handed out,
-    /// with `reason`; then delete the consumers. How many were dead-lettered.
+    /// Dead-letter every delivery of `handler` its consumers have not settled (not handed
+    /// out yet, or handed out and not acknowledged), with `reason`; then delete the
+    /// consumers. How many were dead-lettered. What a host is running meanwhile may still
+    /// commit: then it is done (its done record wins over the dead letter in every view).
     pub async fn drain_removed(&self, handler: &HandlerName, reason: &str) -> Result<usize> {
-        let mut names = Vec::new();
-        let mut listed = self.stream.consumer_names();
-        while let Some(name) = listed.next().await {
-            let name = name?;
-            if consumers::is_consumer_of(&name, handler) {
-                names.push(name);
+        let mut drained = Vec::new();
+        let mut listed = self.stream.consumers();
+        while let Some(info) = listed.next().await {
+            let info = info.map_err(|err| anyhow!("failed to list consumers: {err}"))?;
+            if consumers::is_consumer_of(&info.name, handler) {
+                drained.push(info);
             }
         }
         let mut dead = 0;
-        for name in names {
-            let consumer: jetstream::consumer::PullConsumer = self
-                .stream
-                .get_consumer(&name)
-                .await
-                .map_err(|err| anyhow!("{err}"))?;
-            loop {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(256)
-                    .expires(Duration::from_millis(500))
-                    .messages()
-                    .await?;
-                let mut got = 0;
-                while let Some(message) = batch.next().await {
-                    let message = message.map_err(|err| anyhow!("{err}"))?;
-                    got += 1;
-                    if self.dead_letter_message(handler, &message, reason).await? {
-                        dead += 1;
-                    }
-                    message.ack().await.map_err(|err| anyhow!("{err}"))?;
-                }
-                if got == 0 {
-                    break;
+        for info in drained {
+            // Everything past what the consumer had acknowledged in order: the rest of its
+            // subjects' messages, read from the stream rather than through the consumer
+            // (which hands out no more than its `max_ack_pending`).
+            let mut records = BTreeMap::new();
+            for filter in &info.config.filter_subjects {
+                self.scan(filter, info.ack_floor.stream_sequence, |record| {
+                    records.insert(record.seq, record);
+                    Ok(true)
+                })
+                .await?;
+            }
+            for record in records.values() {
+                if self.dead_letter_record(handler, record, reason).await? {
+                    dead += 1;
                 }
             }
-            self.stream.delete_consumer(&name).await?;
+            // Another host may have deleted it already.
+            let _ = self.stream.delete_consumer(&info.name).await;
         }
         Ok(dead)
     }
 
-    /// Dead-letter the delivery a consumer `message` stands for, unless it is done or not
-    /// `handler`'s; whether it was.
-    async fn dead_letter_message(
+    /// Dead-letter the delivery `record` (an event or a redrive) stands for, unless it is
+    /// not `handler`'s, or settled; whether it was.
+    async fn dead_letter_record(
         &self,
         handler: &HandlerName,
-        message: &jetstream::Message,
+        record: &Record,
         reason: &str,
     ) -> Result<bool> {
-        let Some(event) = self.event_of_message(handler, message).await? else {
+        let event = if self.subjects.is_redrive(&record.subject) {
+            let subject =
+                std::str::from_utf8(&record.payload).context("a redrive names no event subject")?;
+            self.event_at(subject).await?
+        } else {
+            let event = decode_event(record.seq, &record.subject, &record.headers, &record.payload)?;
+            event.routes_to(handler).then_some(event)
+        };
+        let Some(event) = event else {
             return Ok(false);
         };
         let key = EventKey::of_event(&event.event);
         if self.done(handler, &key).await?.is_some() {
+            return Ok(false);
+        }
+        if let Some((dead, _)) = self.dead(handler, &key).await?
+            && dead.cleared.is_none()
+        {
             return Ok(false);
         }
         let (mut attempts, revision) = self.attempts(handler, &key).await?;

@@ -55,6 +55,10 @@ const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(500);
 /// After the host had no room for an instance, the delivery waits this long (no attempt).
 const NO_CAPACITY_PAUSE: Duration = Duration::from_millis(250);
 
+/// How far before a handler's deploy its first consumers start reading (module docs of
+/// [`Inner::ensure_consumers`]).
+const CLOCK_MARGIN_MS: i64 = 60_000;
+
 /// Times a delivery is re-run because a state key it read changed before its commit.
 const MAX_CONFLICT_RERUNS: u32 = 100;
 
@@ -263,11 +267,22 @@ impl Inner {
                     }
                 }
                 None => {
-                    if let Some(after) = start_after {
-                        config.deliver_policy = consumer::DeliverPolicy::ByStartSequence {
+                    config.deliver_policy = match start_after {
+                        Some(after) => consumer::DeliverPolicy::ByStartSequence {
                             start_sequence: after + 1,
-                        };
-                    }
+                        },
+                        // A new handler: from a little before its version was deployed, so
+                        // that an event routed to it before its consumers existed (the host
+                        // serves before this task has run) is not missed, whatever the skew
+                        // between this host's clock and the server's. Older events are not
+                        // routed to it and are skipped.
+                        None => consumer::DeliverPolicy::ByStartTime {
+                            start_time: chrono::DateTime::from_timestamp_millis(
+                                deployed.deployment().deployed_at_ms - CLOCK_MARGIN_MS,
+                            )
+                            .unwrap_or_default(),
+                        },
+                    };
                     stream
                         .create_consumer(config)
                         .await
@@ -417,8 +432,11 @@ impl Inner {
         let mut reruns = 0;
         loop {
             let Some(deployed) = self.live_version(name, slot) else {
-                // Removed: its removal dead-letters what its consumers still hold.
-                return Settled::Leave;
+                // Removed while this host held the delivery: it goes where the removal put
+                // every delivery still waiting, among the dead letters.
+                return self
+                    .dead_letter_removed(name, &event, attempts, attempts_revision)
+                    .await;
             };
             let wait = attempts.next_at_ms - now_ms();
             if wait > 0 {
@@ -645,6 +663,32 @@ impl Inner {
             // Done or settled meanwhile elsewhere.
             Err(BatchError::Conflict(_)) => Settled::Ack,
             Err(_) => Settled::Later(UNAVAILABLE_PAUSE),
+        }
+    }
+
+    /// Dead-letter a delivery of a handler removed while it waited, as its removal did those
+    /// its consumers had not handed out.
+    async fn dead_letter_removed(
+        &self,
+        name: &HandlerName,
+        event: &StoredEvent,
+        mut attempts: AttemptsRecord,
+        revision: u64,
+    ) -> Settled {
+        let reason = crate::deploy::REMOVED_REASON;
+        let now = now_ms();
+        attempts.failed(reason, now, 0);
+        let messages = match self
+            .store
+            .dead_letter_messages(name, event, &attempts, revision, reason, now)
+            .await
+        {
+            Ok(messages) => messages,
+            Err(_) => return Settled::Leave,
+        };
+        match self.store.write(messages).await {
+            Ok(_) | Err(BatchError::Conflict(_)) => Settled::Ack,
+            Err(_) => Settled::Leave,
         }
     }
 
