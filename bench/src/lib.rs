@@ -16,11 +16,15 @@
 //! - [`servers`] are the baselines that run as servers: the HTTP floor and the native
 //!   pipeline.
 //! - [`db`] reads a host's store after a run to see when each event's work was committed.
+//! - [`nats`] runs the bench's own nats-server and reads an app's stream the same way, for
+//!   the cluster scenarios ([`cluster`]).
 //! - [`wasm`] measures one Wasm invocation in process, variant by variant.
 //! - [`suite`] runs every scenario and renders the table.
 
+pub mod cluster;
 pub mod db;
 pub mod load;
+pub mod nats;
 pub mod payload;
 pub mod process;
 pub mod servers;

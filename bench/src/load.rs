@@ -10,6 +10,9 @@
 //! shows its stall in the percentiles instead of silently slowing the generator down
 //! ("coordinated omission").
 //!
+//! Connections spread round robin over the given addresses (the hosts of a cluster take the
+//! same events, so one run can load all of them).
+//!
 //! Everything is bounded: the number of connections, the duration, and an optional request
 //! count. Only loopback addresses are accepted.
 
@@ -37,7 +40,8 @@ const MAX_LATENCY_US: u64 = 120_000_000;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    pub addr: SocketAddr,
+    /// Where connection `i` goes: `addrs[i % addrs.len()]`.
+    pub addrs: Vec<SocketAddr>,
     pub connections: usize,
     pub duration: Duration,
     /// Requests per second across all connections; `None` is as fast as possible.
@@ -129,11 +133,11 @@ struct ConnReport {
 
 /// Run the load described by `config`.
 pub async fn run(config: LoadConfig) -> Result<LoadReport> {
-    if !config.addr.ip().is_loopback() {
-        bail!(
-            "the load generator only targets loopback addresses, not {}",
-            config.addr
-        );
+    if config.addrs.is_empty() {
+        bail!("the load generator needs an address to post to");
+    }
+    if let Some(addr) = config.addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!("the load generator only targets loopback addresses, not {addr}");
     }
     if config.connections == 0 || config.connections > MAX_CONNECTIONS {
         bail!("connections must be 1..={MAX_CONNECTIONS}");
@@ -149,11 +153,12 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
     let started_unix_us = unix_us();
     let start = Instant::now();
     let deadline = start + config.duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..config.connections {
+    let mut running = tokio::task::JoinSet::new();
+    for i in 0..config.connections {
         let config = config.clone();
         let next = next.clone();
-        tasks.spawn(connection(config, next, start, deadline));
+        let addr = config.addrs[i % config.addrs.len()];
+        running.spawn(connection(config, addr, next, start, deadline));
     }
     let mut report = LoadReport {
         accepted_requests: 0,
@@ -167,7 +172,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
         started_unix_us,
     };
     let mut last_answer = start;
-    while let Some(result) = tasks.join_next().await {
+    while let Some(result) = running.join_next().await {
         let conn = result?;
         report.accepted_requests += conn.accepted_requests;
         report.answered += conn.answered;
@@ -189,6 +194,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport> {
 
 async fn connection(
     config: Arc<LoadConfig>,
+    addr: SocketAddr,
     next: Arc<AtomicU64>,
     start: Instant,
     deadline: Instant,
@@ -228,7 +234,7 @@ async fn connection(
         let request = config.payload.request(seq);
         let mut conn = match sender.take() {
             Some(conn) => conn,
-            None => match connect(config.addr).await {
+            None => match connect(addr).await {
                 Ok(conn) => conn,
                 Err(_) => {
                     report.io_errors += 1;

@@ -49,7 +49,8 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Run only scenarios whose name contains this (repeatable): floor, ingest, e2e,
-        /// fanout, shop, idle, ordering, deploy, wasm.
+        /// fanout, shop, idle, ordering, deploy, wasm, cluster (which also runs its
+        /// single-node baselines).
         #[arg(long)]
         only: Vec<String>,
         /// Seconds each in-process Wasm variant is measured.
@@ -70,9 +71,10 @@ enum Command {
     },
     /// Post CloudEvents to a running server and report throughput and latency.
     Load {
-        /// The ingress URL; loopback only.
+        /// The ingress URL; loopback only. Repeat it to spread the connections round robin
+        /// over several hosts (of one cluster): they must share the path.
         #[arg(long, default_value = "http://127.0.0.1:8080/events")]
-        url: String,
+        url: Vec<String>,
         /// binary, structured, batch (10 events) or batchN.
         #[arg(long, default_value = "binary")]
         mode: String,
@@ -178,6 +180,7 @@ async fn run(cli: Cli) -> Result<()> {
                 wasm_each: Duration::from_secs_f64(wasm_each),
                 host_log,
                 concurrency,
+                workspace: workspace(),
             };
             if options.work_dir.exists() {
                 std::fs::remove_dir_all(&options.work_dir)?;
@@ -214,21 +217,29 @@ async fn run(cli: Cli) -> Result<()> {
             prefix,
         } => {
             let mode = Mode::parse(&mode).context("--mode: binary, structured, batch or batchN")?;
-            let url: reqwest::Url = url.parse().context("--url")?;
-            let addr = url
-                .socket_addrs(|| Some(80))?
-                .into_iter()
-                .next()
-                .context("--url has no address")?;
+            let urls: Vec<reqwest::Url> = url
+                .iter()
+                .map(|u| u.parse().context("--url"))
+                .collect::<Result<_>>()?;
+            let mut addrs = Vec::new();
+            for url in &urls {
+                addrs.push(
+                    url.socket_addrs(|| Some(80))?
+                        .into_iter()
+                        .next()
+                        .with_context(|| format!("--url {url} has no address"))?,
+                );
+            }
+            let first = urls.first().context("--url is required")?;
             let payload = Arc::new(Payload {
                 mode,
                 body: Body::Counter { ty },
                 prefix,
-                authority: addr.to_string(),
-                path: url.path().to_owned(),
+                authority: addrs[0].to_string(),
+                path: first.path().to_owned(),
             });
             let report = load::run(LoadConfig {
-                addr,
+                addrs,
                 connections,
                 duration: Duration::from_secs_f64(duration),
                 rate,
@@ -327,6 +338,8 @@ fn build() -> Result<()> {
             "shipping",
             "-p",
             "notification",
+            "-p",
+            "sleeper",
         ],
     ];
     for args in steps {

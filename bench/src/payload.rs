@@ -69,7 +69,9 @@ pub enum Body {
 pub const PLACE_ORDER: &str = "com.example.shop.order.place.v1";
 pub const STOCK_ADDED: &str = "com.example.shop.stock.added.v1";
 pub const SHIPMENT_CREATED: &str = "com.example.shop.shipment.created.v1";
-pub const SOURCE: &str = "/bench";
+/// Not `/bench`: the app is called `bench`, and the host keeps `/{app}` and what is under it
+/// for its handlers' own events.
+pub const SOURCE: &str = "/load";
 
 /// Renders requests: one per sequence number.
 #[derive(Debug, Clone)]
@@ -93,8 +95,13 @@ struct Rendered {
 }
 
 impl Payload {
+    /// The id of event number `n`.
+    pub fn id_of(&self, n: u64) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+
     fn event(&self, n: u64) -> Rendered {
-        let id = format!("{}-{n}", self.prefix);
+        let id = self.id_of(n);
         match &self.body {
             Body::Counter { ty } => Rendered {
                 id,

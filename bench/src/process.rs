@@ -172,7 +172,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> Result<SocketAddr> {
+pub fn free_port() -> Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }

@@ -35,19 +35,19 @@ use crate::servers::ACK_TYPE;
 use crate::wasm;
 
 /// How long an end-to-end run may take to settle its backlog after the load stops.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deliveries the bench handlers let wait before ingress answers 429: bounds the backlog an
 /// end-to-end run leaves, so that draining it takes a second or two, not minutes.
-const BENCH_MAX_PENDING: u64 = 4000;
+pub(crate) const BENCH_MAX_PENDING: u64 = 4000;
 /// A connection answered 429 waits this long before its next POST.
-const PAUSE_AFTER_429: Duration = Duration::from_millis(5);
+pub(crate) const PAUSE_AFTER_429: Duration = Duration::from_millis(5);
 /// SKUs the shop orders spread over: enough for the inventory's per-key ordering to run in
 /// parallel.
 const SHOP_SKUS: u32 = 64;
 /// The busy handler's event type in the fan-out scenario.
 const FANOUT_TYPE: &str = "bench.fanout.v1";
 /// The event type no handler subscribes to: pure ingest.
-const INGEST_TYPE: &str = "bench.ingest.v1";
+pub(crate) const INGEST_TYPE: &str = "bench.ingest.v1";
 
 /// What the suite needs to know.
 #[derive(Debug, Clone)]
@@ -72,6 +72,8 @@ pub struct SuiteOptions {
     pub host_log: String,
     /// `concurrency` of the `ack` handlers (and of the native pipeline's worker).
     pub concurrency: u32,
+    /// The workspace root, for the tools the suite installs (nats-server).
+    pub workspace: PathBuf,
 }
 
 /// One line of the result table.
@@ -104,14 +106,14 @@ pub struct Results {
 }
 
 impl Results {
-    fn rate_of(&self, scenario: &str) -> Option<f64> {
+    pub(crate) fn rate_of(&self, scenario: &str) -> Option<f64> {
         self.rows
             .iter()
             .find(|r| r.scenario == scenario)
             .map(|r| r.rate)
     }
 
-    fn add(&mut self, mut row: Row, baseline: Option<&str>) {
+    pub(crate) fn add(&mut self, mut row: Row, baseline: Option<&str>) {
         if let Some(base) = baseline
             && let Some(rate) = self.rate_of(base)
             && rate > 0.0
@@ -144,11 +146,18 @@ fn one_line(row: &Row) -> String {
 }
 
 impl SuiteOptions {
-    fn wants(&self, scenario: &str) -> bool {
+    pub(crate) fn wants(&self, scenario: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| scenario.contains(o.as_str()))
     }
 
-    fn guest(&self, name: &str) -> PathBuf {
+    /// Whether a single-node row is needed as the baseline of a cluster row that was asked
+    /// for (`--only cluster` runs them too).
+    fn wants_as_cluster_baseline(&self, scenario: &str) -> bool {
+        crate::cluster::baselines().contains(&scenario)
+            && crate::cluster::scenarios().iter().any(|s| self.wants(s))
+    }
+
+    pub(crate) fn guest(&self, name: &str) -> PathBuf {
         self.guests_dir.join(format!("{name}.wasm"))
     }
 }
@@ -164,7 +173,10 @@ pub async fn run(options: &SuiteOptions) -> Result<Results> {
     let modes = [Mode::Binary, Mode::Structured, Mode::Batch(10)];
     for mode in modes {
         let name = format!("floor/{}", mode.label());
-        if !options.wants(&name) && !options.wants("ingest") {
+        if !options.wants(&name)
+            && !options.wants("ingest")
+            && !options.wants_as_cluster_baseline(&name)
+        {
             continue;
         }
         eprintln!("{name}");
@@ -187,7 +199,7 @@ pub async fn run(options: &SuiteOptions) -> Result<Results> {
             mode.label(),
             if durable { "" } else { " fsync-off" }
         );
-        if !options.wants(&name) {
+        if !options.wants(&name) && !options.wants_as_cluster_baseline(&name) {
             continue;
         }
         eprintln!("{name}");
@@ -210,7 +222,7 @@ pub async fn run(options: &SuiteOptions) -> Result<Results> {
         ("e2e/native", Target::Native),
     ];
     for (name, target) in e2e {
-        if !options.wants(name) {
+        if !options.wants(name) && !options.wants_as_cluster_baseline(name) {
             continue;
         }
         eprintln!("{name}");
@@ -259,6 +271,10 @@ pub async fn run(options: &SuiteOptions) -> Result<Results> {
             wasm / native
         ));
     }
+
+    // 3b. Cluster mode: the same ingest and end-to-end paths on 1 and 3 hosts sharing one
+    //     nats-server, and a handler bounded by waiting rather than by CPU.
+    crate::cluster::run(options, &mut results).await?;
 
     // 4. Fan-out: one event, ten handlers.
     let name = "fanout/10";
@@ -443,11 +459,11 @@ enum Flow {
     Shop,
 }
 
-fn counter(ty: &str) -> Body {
+pub(crate) fn counter(ty: &str) -> Body {
     Body::Counter { ty: ty.to_owned() }
 }
 
-fn slug(name: &str) -> String {
+pub(crate) fn slug(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect()
@@ -459,6 +475,7 @@ async fn warm_cache(options: &SuiteOptions) -> Result<()> {
     let cache = options.cache_dir.clone();
     let guests: Vec<PathBuf> = [
         "ack",
+        "sleeper",
         "order",
         "inventory",
         "payment",
@@ -501,6 +518,21 @@ async fn spawn_host(
     manifest: &Path,
     durable: bool,
 ) -> Result<Server> {
+    let extra: Vec<OsString> = if durable {
+        Vec::new()
+    } else {
+        vec!["--no-fsync".into()]
+    };
+    spawn_host_with(options, name, manifest, &extra).await
+}
+
+/// `evhost up MANIFEST` on a fresh data directory, with `extra` arguments.
+pub(crate) async fn spawn_host_with(
+    options: &SuiteOptions,
+    name: &str,
+    manifest: &Path,
+    extra: &[OsString],
+) -> Result<Server> {
     let data = data_dir(options, name)?;
     let mut args: Vec<OsString> = vec![
         "up".into(),
@@ -510,9 +542,7 @@ async fn spawn_host(
         "--data".into(),
         data.into(),
     ];
-    if !durable {
-        args.push("--no-fsync".into());
-    }
+    args.extend_from_slice(extra);
     let log = options.work_dir.join(format!("{}.log", slug(name)));
     Server::spawn(
         name,
@@ -537,7 +567,7 @@ async fn spawn_self(
 }
 
 /// A manifest of `ack` handlers, each `(name, subscribed type)`.
-fn ack_manifest(options: &SuiteOptions, handlers: &[(&str, &str)]) -> Result<PathBuf> {
+pub(crate) fn ack_manifest(options: &SuiteOptions, handlers: &[(&str, &str)]) -> Result<PathBuf> {
     let module = options.guest("ack");
     let mut text = String::from("[app]\nname = \"bench\"\n");
     for (name, ty) in handlers {
@@ -641,7 +671,7 @@ async fn add_stock(server: &Server) -> Result<()> {
     Ok(())
 }
 
-fn payload_for(server: &Server, mode: Mode, body: Body, prefix: &str) -> Arc<Payload> {
+pub(crate) fn payload_for(server: &Server, mode: Mode, body: Body, prefix: &str) -> Arc<Payload> {
     Arc::new(Payload {
         mode,
         body,
@@ -660,7 +690,7 @@ async fn saturate(
     track_sends: bool,
 ) -> Result<LoadReport> {
     load::run(LoadConfig {
-        addr: server.addr,
+        addrs: vec![server.addr],
         connections: options.connections,
         duration: options.duration,
         rate: None,
@@ -672,7 +702,7 @@ async fn saturate(
     .await
 }
 
-fn ingest_row(name: &str, report: &LoadReport, server: &Server) -> Row {
+pub(crate) fn ingest_row(name: &str, report: &LoadReport, server: &Server) -> Row {
     let usage = server.usage();
     let micros = |q: f64| Some(report.latency.value_at_quantile(q) as f64);
     Row {
@@ -758,7 +788,7 @@ async fn end_to_end(
     let payload = payload_for(server, mode, body.clone(), "s");
     let mut shipments_expected = db.count_of_type(payload::SHIPMENT_CREATED)? as usize;
     let report = load::run(LoadConfig {
-        addr: server.addr,
+        addrs: vec![server.addr],
         connections: options.connections,
         duration: options.duration,
         rate: None,
@@ -799,7 +829,7 @@ async fn end_to_end(
     let payload = payload_for(server, mode, body, "l");
     let mut shipments_expected = db.count_of_type(payload::SHIPMENT_CREATED)? as usize;
     let report2 = load::run(LoadConfig {
-        addr: server.addr,
+        addrs: vec![server.addr],
         connections: options.connections,
         duration: options.latency_duration,
         rate: Some(latency_rate),
