@@ -13,8 +13,7 @@
 //! | subject (under `evh.{app}.`) | record |
 //! |---|---|
 //! | `ev.{type}.{p}.{p}.{p}.{key}` | an event, as the CloudEvents NATS binding's binary mode (attributes as `ce-` headers); the three `p` are its partition by `partitionkey`, `subject` and `source`; `key` digests `source` and `id` |
-//! | `id.{key}` | the event's claim: its dedupe record |
-//! | `done.{handler}.{key}` | the delivery is done: its effects are committed |
+//! //! | `done.{handler}.{key}` | the delivery is done: its effects are committed |
 //! | `st.{handler}.{state key}` | one state value (KV semantics: the last message, its sequence the revision) |
 //! | `chk.{handler}` | checks of keys read and not written (only the newest is kept) |
 //! | `att.{handler}.{key}` | the delivery's failed attempts |
@@ -22,17 +21,22 @@
 //! | `rd.{handler}.{p}.{p}.{p}.{key}` | a redrive: run the delivery again |
 //!
 //! Why one stream and not an events stream beside a KV bucket for state: an invocation's
-//! commit (done record, state writes, emitted events with their claims) must be one atomic
+//! commit (done record, state writes, emitted events) must be one atomic
 //! write, and JetStream's atomic batch publish (nats-server 2.12+, [`batch`]) writes to one
 //! stream. Each message of a batch carries its own `Nats-Expected-Last-Subject-Sequence`,
-//! checked at the commit: `0` on the done record and on claims (so the effects of one
-//! (event, handler) and an event id land once), the revision read on each state key
-//! written (optimistic concurrency), and a check message per key read and not written.
+//! checked at the commit: `0` on the done record (so the effects of one (event, handler)
+//! land once), the revision read on each state key written (optimistic concurrency), a
+//! check message per key read and not written, and on each emitted event `0` for the filter
+//! of its key (`ev.*.*.*.*.{key}`, `...-Subject`), so an event id is stored once. A write of
+//! one message (an ingested event, the done record of a handler that touched no state) is a
+//! plain publish with the same check: the server stages every atomic batch in a store of
+//! its own, one batch at a time per stream, which costs far more (BENCHMARKS.md).
 //! A state key *is* a KV entry: a KV bucket is a stream of one message per subject; these
 //! are in the app's stream so that a commit can include them.
 //!
-//! **Dedupe** lasts as long as the stream keeps the claim, not the two minutes of JetStream's
-//! duplicate window: a claim is a subject that can be written once. The stream has no age
+//! **Dedupe** lasts as long as the stream keeps the event, not the two minutes of JetStream's
+//! duplicate window: an event is written only if no event with its key is stored, checked
+//! by the server in the write itself, whatever host writes it. The stream has no age
 //! limit: nothing is deleted in cluster mode (single-node retention does not apply yet).
 //!
 //! **Consumers** ([`consumers`]): per handler, durable pull consumers shared by all hosts,

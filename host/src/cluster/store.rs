@@ -1,4 +1,4 @@
-//! The app in JetStream: one stream of records (events, their dedupe claims, what each
+//! The app in JetStream: one stream of records (events, what each
 //! delivery did, state), a KV bucket of deployment records, an object store of modules.
 //! Implements [`Backend`], so ingress, the admin API and the deployer work on it as they do
 //! on the embedded store.
@@ -32,7 +32,7 @@ use crate::store::{
 /// How long a host waits for NATS at start before it gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Times an append starts again when another host claimed one of its ids meanwhile.
+/// Times an append starts again when another host stored one of its events meanwhile.
 const APPEND_RACES: usize = 5;
 
 /// The key of the deployment records in the KV bucket: one document, so a plan's changes
@@ -92,7 +92,7 @@ impl ClusterStore {
             subjects: vec![subjects.all()],
             storage: stream::StorageType::File,
             num_replicas: layout.replicas,
-            // Every record has a subject of its own (an event, a claim, a state key): the
+            // Every record has a subject of its own (an event, a done record, a state key): the
             // last message of a subject is the record, and its sequence is its revision.
             max_messages_per_subject: 1,
             allow_atomic_publish: true,
@@ -263,8 +263,9 @@ impl ClusterStore {
         }
     }
 
-    /// Messages that append `routed` with its claim, at `received_ms`.
-    pub fn event_messages(&self, routed: &Routed, received_ms: i64) -> [Outbound; 2] {
+    /// The message that appends `routed`, at `received_ms`, unless an event with its source
+    /// and id is stored.
+    pub fn event_message(&self, routed: &Routed, received_ms: i64) -> Outbound {
         let key = EventKey::of_event(&routed.event);
         let subject = self.subjects.event(&routed.event);
         let handlers: Vec<HandlerName> = routed
@@ -273,24 +274,22 @@ impl ClusterStore {
             .map(|d| d.handler.clone())
             .collect();
         let (headers, payload) = encode_event(&routed.event, &handlers, received_ms);
-        let claim =
-            Outbound::new(self.subjects.claim(&key), Bytes::from(subject.clone())).expect_last(0);
-        let mut event = Outbound::new(subject, payload).expect_last(0);
+        let mut event =
+            Outbound::new(subject, payload).expect_last_of(&self.subjects.event_by_key(&key), 0);
         for (name, values) in headers.iter() {
             for value in values {
                 event.headers.append(name.clone(), value.clone());
             }
         }
-        [claim, event]
+        event
     }
 
-    /// The log position of the stored event `key` names, if one is stored: the claim is
-    /// written just before its event, in the same atomic write.
-    async fn claimed(&self, key: &EventKey) -> Result<Option<u64>> {
+    /// The log position of the stored event `key` names, if one is stored.
+    async fn stored_at(&self, key: &EventKey) -> Result<Option<u64>> {
         Ok(self
-            .last(&self.subjects.claim(key))
+            .last(&self.subjects.event_by_key(key))
             .await?
-            .map(|claim| claim.seq + 1))
+            .map(|event| event.seq))
     }
 
     /// Commit a delivery's outcome: `messages` (its effects) with its done record, unless
@@ -380,6 +379,11 @@ impl ClusterStore {
         let Some(event) = self.event_at(&dead.event_subject).await? else {
             return Ok(None);
         };
+        // Done after all (a run that committed while its handler's removal dead-lettered
+        // it): its effects landed, it is no dead letter.
+        if self.done(&handler, &key).await?.is_some() {
+            return Ok(None);
+        }
         let (attempts, _) = self.attempts(&handler, &key).await?;
         Ok(Some(DeadLetter {
             id: message.seq as i64,
@@ -522,7 +526,12 @@ impl ClusterStore {
                 std::str::from_utf8(&record.payload).context("a redrive names no event subject")?;
             self.event_at(subject).await?
         } else {
-            let event = decode_event(record.seq, &record.subject, &record.headers, &record.payload)?;
+            let event = decode_event(
+                record.seq,
+                &record.subject,
+                &record.headers,
+                &record.payload,
+            )?;
             event.routes_to(handler).then_some(event)
         };
         let Some(event) = event else {
@@ -605,53 +614,78 @@ impl ClusterStore {
         ])
     }
 
-    /// Appends `routed` (see [`Backend::append`]), racing other hosts for the claims.
-    async fn append_once(&self, routed: &[Routed]) -> Result<Option<Vec<Appended>>, StoreError> {
+    /// Appends `routed` (see [`Backend::append`]). Each event is written only if no event
+    /// with its source and id is stored (checked in the write itself); only when a write is
+    /// refused for that does it look for which were stored already, and write the rest again.
+    async fn append_routed(&self, routed: &[Routed]) -> Result<Vec<Appended>, StoreError> {
         let mut outcomes: Vec<Option<Appended>> = vec![None; routed.len()];
-        let mut first_of: BTreeMap<EventKey, usize> = BTreeMap::new();
-        let mut new = Vec::new();
-        for (index, r) in routed.iter().enumerate() {
-            let key = EventKey::of_event(&r.event);
-            if first_of.contains_key(&key) {
-                continue; // a duplicate within the request: answered with the first
-            }
-            first_of.insert(key.clone(), index);
-            match self.claimed(&key).await.map_err(unavailable)? {
-                Some(seq) => outcomes[index] = Some(Appended::Duplicate { seq: seq as i64 }),
-                None => new.push(index),
+        let keys: Vec<EventKey> = routed
+            .iter()
+            .map(|r| EventKey::of_event(&r.event))
+            .collect();
+        let mut first_of: BTreeMap<&EventKey, usize> = BTreeMap::new();
+        let mut to_write = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            // A duplicate within the request is answered with the first.
+            if first_of.insert(key, index).is_none() {
+                to_write.push(index);
             }
         }
         let received = now_ms();
-        // Two messages per event; one atomic write holds at most MAX_BATCH_MESSAGES.
-        for chunk in new.chunks(MAX_BATCH_MESSAGES / 2) {
-            let messages: Vec<Outbound> = chunk
-                .iter()
-                .flat_map(|&index| self.event_messages(&routed[index], received))
-                .collect();
-            match self.write(messages).await {
-                Ok(committed) => {
-                    for (i, &index) in chunk.iter().enumerate() {
-                        let seq = committed.sequence_of(2 * i + 1) as i64;
-                        outcomes[index] = Some(Appended::New { seq });
+        let mut races = 0;
+        while !to_write.is_empty() {
+            let mut refused = Vec::new();
+            // One atomic write holds at most MAX_BATCH_MESSAGES: a larger request is written
+            // in parts, each whole (a retry after a crash between two finds the first stored).
+            for chunk in to_write.chunks(MAX_BATCH_MESSAGES) {
+                let messages: Vec<Outbound> = chunk
+                    .iter()
+                    .map(|&index| self.event_message(&routed[index], received))
+                    .collect();
+                match self.write(messages).await {
+                    Ok(committed) => {
+                        for (i, &index) in chunk.iter().enumerate() {
+                            let seq = committed.sequence_of(i) as i64;
+                            outcomes[index] = Some(Appended::New { seq });
+                        }
                     }
+                    Err(BatchError::Conflict(_)) => {
+                        for &index in chunk {
+                            match self.stored_at(&keys[index]).await.map_err(unavailable)? {
+                                Some(seq) => {
+                                    outcomes[index] = Some(Appended::Duplicate { seq: seq as i64 });
+                                }
+                                None => refused.push(index),
+                            }
+                        }
+                    }
+                    Err(err) => return Err(batch_error(err)),
                 }
-                Err(BatchError::Conflict(_)) => return Ok(None),
-                Err(err) => return Err(batch_error(err)),
             }
-        }
-        for (index, r) in routed.iter().enumerate() {
-            if outcomes[index].is_none() {
-                let first = first_of[&EventKey::of_event(&r.event)];
-                let seq = match outcomes[first] {
-                    Some(Appended::New { seq } | Appended::Duplicate { seq }) => seq,
-                    None => return Err(StoreError::broken("an appended event has no outcome")),
-                };
-                outcomes[index] = Some(Appended::Duplicate { seq });
+            if !refused.is_empty() {
+                races += 1;
+                if races > APPEND_RACES {
+                    return Err(StoreError::unavailable(
+                        "other hosts kept storing events with the same ids meanwhile; send \
+                         them again",
+                    ));
+                }
             }
+            to_write = refused;
         }
-        Ok(Some(
-            outcomes.into_iter().map(|o| o.expect("filled")).collect(),
-        ))
+        routed
+            .iter()
+            .enumerate()
+            .map(|(index, _)| match outcomes[index] {
+                Some(outcome) => Ok(outcome),
+                None => match outcomes[first_of[&keys[index]]] {
+                    Some(Appended::New { seq } | Appended::Duplicate { seq }) => {
+                        Ok(Appended::Duplicate { seq })
+                    }
+                    None => Err(StoreError::broken("an appended event has no outcome")),
+                },
+            })
+            .collect()
     }
 }
 
@@ -881,14 +915,8 @@ pub struct ClusterBackend(pub Arc<ClusterStore>);
 #[async_trait::async_trait]
 impl Backend for ClusterBackend {
     async fn append(&self, events: Vec<Routed>) -> StoreResult<Vec<(Routed, Appended)>> {
-        for _ in 0..APPEND_RACES {
-            if let Some(outcomes) = self.0.append_once(&events).await? {
-                return Ok(events.into_iter().zip(outcomes).collect());
-            }
-        }
-        Err(StoreError::unavailable(
-            "other hosts kept claiming the same event ids; send them again",
-        ))
+        let outcomes = self.0.append_routed(&events).await?;
+        Ok(events.into_iter().zip(outcomes).collect())
     }
 
     fn write_failure(&self) -> Option<String> {

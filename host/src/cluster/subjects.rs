@@ -97,11 +97,12 @@ impl Subjects {
         ]
     }
 
-    /// The claim of an event's identity, beside the event in the same atomic write: the
-    /// dedupe record, which lasts as long as the stream keeps it. Its payload is the event's
-    /// subject.
-    pub fn claim(&self, key: &EventKey) -> String {
-        format!("{}.id.{}", self.prefix, key.as_str())
+    /// Every event with this key, whatever its type and partitions: at most one. An event is
+    /// written only if this filter has no message yet (`Nats-Expected-Last-Subject-Sequence:
+    /// 0` with this as `...-Subject`), which is the dedupe on `source` and `id`, in the same
+    /// write as the event, for as long as the stream keeps it.
+    pub fn event_by_key(&self, key: &EventKey) -> String {
+        format!("{}.ev.*.*.*.*.{}", self.prefix, key.as_str())
     }
 
     /// The events of `types` in `partitions` (all of them: `None`) of `key_source`.

@@ -13,7 +13,8 @@
 //!    with the key's revision.
 //! 4. Success: one atomic write of the done record (only if there is none), the state
 //!    writes (each only if the key is still at the revision read), checks of the keys read
-//!    and not written, and the emitted events with their claims. Then the acknowledgement.
+//!    and not written, and the emitted events (each only if its id is new). Then the
+//!    acknowledgement.
 //!    A failed check either finds the done record (someone else committed: skip) or means a
 //!    key changed: run again on fresh state, no attempt counted.
 //! 5. Failure: the attempt is recorded; a retry waits in place for an ordered consumer
@@ -412,7 +413,7 @@ impl Inner {
         message: &jetstream::Message,
     ) -> Settled {
         let store = &self.store;
-        let (event, key) = loop {
+        let (event, key, first) = loop {
             match self.prepare(name, message).await {
                 Ok(Some(found)) => break found,
                 Ok(None) => return Settled::Ack,
@@ -425,17 +426,23 @@ impl Inner {
                 }
             }
         };
-        let (mut attempts, mut attempts_revision) = match store.attempts(name, &key).await {
-            Ok(found) => found,
-            Err(_) => return Settled::Later(UNAVAILABLE_PAUSE),
+        // A first delivery has no attempts yet (were there some, recording the next one
+        // would find them: its write expects none).
+        let attempts = match first {
+            true => Ok((AttemptsRecord::default(), 0)),
+            false => store.attempts(name, &key).await,
+        };
+        let Ok((mut attempts, mut attempts_revision)) = attempts else {
+            return Settled::Later(UNAVAILABLE_PAUSE);
         };
         let mut reruns = 0;
         loop {
             let Some(deployed) = self.live_version(name, slot) else {
                 // Removed while this host held the delivery: it goes where the removal put
                 // every delivery still waiting, among the dead letters.
+                let reason = crate::deploy::REMOVED_REASON;
                 return self
-                    .dead_letter_removed(name, &event, attempts, attempts_revision)
+                    .dead_letter(name, &event, attempts, attempts_revision, reason)
                     .await;
             };
             let wait = attempts.next_at_ms - now_ms();
@@ -488,7 +495,7 @@ impl Inner {
                 Err(error) if !error.is_retryable() => {
                     return self
                         .dead_letter(
-                            &deployed,
+                            name,
                             &event,
                             attempts,
                             attempts_revision,
@@ -503,7 +510,7 @@ impl Inner {
             let attempt = attempts.since_redrive() + 1;
             if attempt >= settings.max_attempts {
                 return self
-                    .dead_letter(&deployed, &event, attempts, attempts_revision, &failure)
+                    .dead_letter(name, &event, attempts, attempts_revision, &failure)
                     .await;
             }
             let delay = backoff_delay(&settings.backoff, attempt);
@@ -522,6 +529,18 @@ impl Inner {
                     .expect_last(attempts_revision);
             match store.write(vec![record]).await {
                 Ok(committed) => attempts_revision = committed.last,
+                Err(BatchError::Conflict(_)) => {
+                    // Attempts were recorded elsewhere (an earlier run of it by another
+                    // consumer or host): count from those.
+                    match store.attempts(name, &key).await {
+                        Ok((found, revision)) => {
+                            attempts = found;
+                            attempts_revision = revision;
+                        }
+                        Err(_) => return Settled::Later(UNAVAILABLE_PAUSE),
+                    }
+                    continue;
+                }
                 Err(err) => {
                     // Not recorded: the attempt is not counted; run it again later.
                     tracing::warn!(handler = name.as_str(), error = %err, "failed to record an attempt");
@@ -534,28 +553,39 @@ impl Inner {
         }
     }
 
-    /// The event and key of a delivery that still has to run, or `None` (acknowledge it).
+    /// The event and key of a delivery that still has to run, and whether this is its
+    /// first delivery; or `None` (acknowledge it).
+    ///
+    /// A first delivery of an event is not looked up: it cannot have been done or dead yet,
+    /// but for a consumer that reads again what another had handed out (a new layout, a new
+    /// handler's margin), and there the commit's check of the done record keeps its effects
+    /// from landing twice. That saves two reads per delivery.
     async fn prepare(
         &self,
         name: &HandlerName,
         message: &jetstream::Message,
-    ) -> anyhow::Result<Option<(StoredEvent, EventKey)>> {
+    ) -> anyhow::Result<Option<(StoredEvent, EventKey, bool)>> {
         let store = &self.store;
         let Some(event) = store.event_of_message(name, message).await? else {
             return Ok(None);
         };
         let key = EventKey::of_event(&event.event);
+        let redrive = store.subjects().is_redrive(message.subject.as_str());
+        let first = !redrive && message.info().is_ok_and(|info| info.delivered == 1);
+        if first {
+            return Ok(Some((event, key, true)));
+        }
         if store.done(name, &key).await?.is_some() {
             return Ok(None);
         }
         // A dead letter is settled until redriven; a redrive comes as its own message.
-        if !store.subjects().is_redrive(message.subject.as_str())
+        if !redrive
             && let Some((dead, _)) = store.dead(name, &key).await?
             && dead.cleared.is_none()
         {
             return Ok(None);
         }
-        Ok(Some((event, key)))
+        Ok(Some((event, key, false)))
     }
 
     /// Commit a success (module docs, step 4).
@@ -607,9 +637,7 @@ impl Inner {
         }
         let received = now_ms();
         for routed in &emitted {
-            let [claim, event_message] = store.event_messages(routed, received);
-            messages.push(claim);
-            messages.push(event_message);
+            messages.push(store.event_message(routed, received));
         }
         match store.commit(messages).await {
             Ok(CommitOutcome::Done(_)) => Ok(Committed::Done),
@@ -630,66 +658,58 @@ impl Inner {
         }
     }
 
+    /// Dead-letter a delivery after `attempts` (recorded at `revision`) and this last
+    /// failure, unless it is done: a handler removed while it waited goes the same way as
+    /// what its removal found waiting.
     async fn dead_letter(
-        &self,
-        deployed: &DeployedHandler,
-        event: &StoredEvent,
-        mut attempts: AttemptsRecord,
-        revision: u64,
-        reason: &str,
-    ) -> Settled {
-        let name = deployed.name();
-        let now = now_ms();
-        attempts.failed(reason, now, 0);
-        tracing::warn!(
-            handler = name.as_str(),
-            event_id = event.event.id(),
-            error = reason,
-            "delivery failed; dead-lettered"
-        );
-        let messages = match self
-            .store
-            .dead_letter_messages(name, event, &attempts, revision, reason, now)
-            .await
-        {
-            Ok(messages) => messages,
-            Err(_) => return Settled::Later(UNAVAILABLE_PAUSE),
-        };
-        match self.store.write(messages).await {
-            Ok(_) => {
-                self.count(name, Outcome::Dead);
-                Settled::Ack
-            }
-            // Done or settled meanwhile elsewhere.
-            Err(BatchError::Conflict(_)) => Settled::Ack,
-            Err(_) => Settled::Later(UNAVAILABLE_PAUSE),
-        }
-    }
-
-    /// Dead-letter a delivery of a handler removed while it waited, as its removal did those
-    /// its consumers had not handed out.
-    async fn dead_letter_removed(
         &self,
         name: &HandlerName,
         event: &StoredEvent,
         mut attempts: AttemptsRecord,
-        revision: u64,
+        mut revision: u64,
+        reason: &str,
     ) -> Settled {
-        let reason = crate::deploy::REMOVED_REASON;
-        let now = now_ms();
-        attempts.failed(reason, now, 0);
-        let messages = match self
-            .store
-            .dead_letter_messages(name, event, &attempts, revision, reason, now)
-            .await
-        {
-            Ok(messages) => messages,
-            Err(_) => return Settled::Leave,
-        };
-        match self.store.write(messages).await {
-            Ok(_) | Err(BatchError::Conflict(_)) => Settled::Ack,
-            Err(_) => Settled::Leave,
+        let key = EventKey::of_event(&event.event);
+        for _ in 0..3 {
+            let now = now_ms();
+            let mut failed = attempts.clone();
+            failed.failed(reason, now, 0);
+            let messages = match self
+                .store
+                .dead_letter_messages(name, event, &failed, revision, reason, now)
+                .await
+            {
+                Ok(messages) => messages,
+                Err(_) => return Settled::Later(UNAVAILABLE_PAUSE),
+            };
+            match self.store.write(messages).await {
+                Ok(_) => {
+                    tracing::warn!(
+                        handler = name.as_str(),
+                        event_id = event.event.id(),
+                        error = reason,
+                        "delivery failed; dead-lettered"
+                    );
+                    self.count(name, Outcome::Dead);
+                    return Settled::Ack;
+                }
+                // Done meanwhile (elsewhere), or its attempts were recorded by an earlier
+                // run than this host knew of: look again.
+                Err(BatchError::Conflict(_)) => {
+                    match self.store.done(name, &key).await {
+                        Ok(Some(_)) => return Settled::Ack,
+                        Ok(None) => {}
+                        Err(_) => return Settled::Later(UNAVAILABLE_PAUSE),
+                    }
+                    match self.store.attempts(name, &key).await {
+                        Ok((found, at)) => (attempts, revision) = (found, at),
+                        Err(_) => return Settled::Later(UNAVAILABLE_PAUSE),
+                    }
+                }
+                Err(_) => return Settled::Later(UNAVAILABLE_PAUSE),
+            }
         }
+        Settled::Later(UNAVAILABLE_PAUSE)
     }
 
     fn count(&self, handler: &HandlerName, outcome: Outcome) {
