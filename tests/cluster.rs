@@ -535,3 +535,25 @@ async fn while_nats_is_away_ingress_answers_503_and_nothing_is_lost() {
     assert_eq!(seen.as_array().map(Vec::len), Some(11), "{seen}");
     assert_eq!(hosts[1].get("/readyz").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_paces_what_a_host_starts() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(recorder_app("rate = \"10/s\""), &nats.url(), 1).await;
+    let started = std::time::Instant::now();
+    for i in 0..25 {
+        let e = record(&format!("r-{i}"), &format!("k-{i}"), json!({}));
+        assert_eq!(hosts[0].post_structured(&e).await.status(), 202);
+    }
+    hosts[0]
+        .eventually("all recorded", WAIT, || async {
+            hosts[0].state("recorder", "count").await == Some(json!(25))
+        })
+        .await;
+    // A burst of 10, then 10 a second: the last 15 take 1.5 s at least.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400),
+        "25 at 10/s took {took:?}"
+    );
+}

@@ -40,11 +40,12 @@ use super::records::{self, AttemptsRecord, DoneRecord, StoredEvent, to_payload};
 use super::store::{ClusterStore, CommitOutcome, state_reader};
 use super::subjects::EventKey;
 use crate::capabilities::Staged;
+use crate::config::Rate;
 use crate::live::{HandlerSlot, Live, Workers};
 use crate::metrics::{Metrics, Outcome};
 use crate::name::HandlerName;
 use crate::runtime::{DeployedHandler, InvokeError, Runtime};
-use crate::scheduler::{backoff_delay, past_hop_limit};
+use crate::scheduler::{TokenBucket, backoff_delay, past_hop_limit};
 use crate::store::now_ms;
 
 /// How often a handler's supervisor looks whether its consumers must change.
@@ -129,8 +130,12 @@ impl Workers for ClusterWorkers {
 /// The consumers a supervisor pulls from now, and how to stop them.
 struct Pulling {
     specs: Vec<ConsumerSpec>,
+    rate: Option<Rate>,
     stop: watch::Sender<bool>,
 }
+
+/// A handler's `rate`, counted on this host: what one host starts, not the cluster.
+type HostRate = Arc<std::sync::Mutex<Option<TokenBucket>>>;
 
 impl Inner {
     /// Keep `name`'s consumers as its live settings want them, and pull from them, until
@@ -145,22 +150,30 @@ impl Inner {
             let deployed = self.live_version(&name, &slot);
             if let Some(deployed) = deployed {
                 let specs = consumers_of(self.store.subjects(), &name, deployed.settings());
-                if pulling.as_ref().is_none_or(|p| p.specs != specs) {
+                let rate = deployed.settings().rate;
+                if pulling
+                    .as_ref()
+                    .is_none_or(|p| p.specs != specs || p.rate != rate)
+                {
                     if let Some(old) = pulling.take() {
                         old.stop.send_replace(true);
                     }
                     match self.ensure_consumers(&name, &deployed, &specs).await {
                         Ok(()) => {
                             let (stop, _) = watch::channel(false);
+                            let bucket: HostRate = Arc::new(std::sync::Mutex::new(
+                                rate.map(|rate| TokenBucket::new(rate, now_ms())),
+                            ));
                             for spec in &specs {
                                 let inner = self.clone();
                                 let (name, slot, spec) = (name.clone(), slot.clone(), spec.clone());
                                 let stop = stop.subscribe();
-                                tokio::spawn(
-                                    async move { inner.pull(name, slot, spec, stop).await },
-                                );
+                                let bucket = bucket.clone();
+                                tokio::spawn(async move {
+                                    inner.pull(name, slot, spec, bucket, stop).await
+                                });
                             }
-                            pulling = Some(Pulling { specs, stop });
+                            pulling = Some(Pulling { specs, rate, stop });
                         }
                         Err(err) => tracing::warn!(
                             handler = name.as_str(),
@@ -304,6 +317,7 @@ impl Inner {
         name: HandlerName,
         slot: Arc<HandlerSlot>,
         spec: ConsumerSpec,
+        rate: HostRate,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut shutdown = self.shutdown.subscribe();
@@ -354,6 +368,13 @@ impl Inner {
                     }
                     None => continue 'connect,
                 };
+                while let Some(next_at) = take_token(&rate) {
+                    let wait = Duration::from_millis((next_at - now_ms()).max(1) as u64);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
                 // JetStream bounds what is out across hosts; the permit is this host's count
                 // of what runs (and what a shutdown waits for).
                 let Ok(permit) = slot.permits().clone().acquire_owned().await else {
@@ -743,6 +764,12 @@ enum Committed {
     Conflict(String),
     /// The effects can never be committed (too many, past the hop limit): a failed attempt.
     Refused(String),
+}
+
+/// Take a token of `rate` now, or say when (unix ms) the next one is there.
+fn take_token(rate: &HostRate) -> Option<i64> {
+    let mut bucket = rate.lock().expect("not poisoned");
+    bucket.as_mut()?.try_take(now_ms()).err()
 }
 
 /// The version a consumer's description names (`evhost NAME vN`).
