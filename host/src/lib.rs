@@ -122,6 +122,10 @@ pub struct Options {
     /// Run as a host of the app's cluster on NATS JetStream at this URL ([`cluster`]); the
     /// data directory then holds only the compiled-module cache.
     pub cluster: Option<String>,
+    /// Cluster mode: invocations this host runs at once over all handlers, its share of the
+    /// cluster's work (what it pulls beyond waits, and other hosts take it); `None`: as many
+    /// as each handler's cluster-wide `concurrency` allows.
+    pub max_in_flight: Option<usize>,
 }
 
 impl Options {
@@ -140,6 +144,7 @@ impl Options {
             body_read_timeout: ingress::DEFAULT_BODY_READ_TIMEOUT,
             watch: false,
             cluster: None,
+            max_in_flight: None,
         }
     }
 }

@@ -97,6 +97,10 @@ enum Command {
         /// comma-separated) instead of keeping it in the data directory's SQLite store.
         #[arg(long, env = "EVHOST_CLUSTER")]
         cluster: Option<String>,
+        /// With --cluster: invocations this host runs at once over all handlers (its share
+        /// of the cluster's work; other hosts take the rest). Default: no limit of its own.
+        #[arg(long, env = "EVHOST_MAX_IN_FLIGHT", requires = "cluster")]
+        max_in_flight: Option<usize>,
     },
     /// Deploy a new version of a handler to a running host.
     Deploy {
@@ -251,6 +255,7 @@ async fn command(command: Command) -> Result<()> {
             metrics_open,
             watch,
             cluster,
+            max_in_flight,
         } => {
             let mut options = evhost::Options::new(data);
             options.durability = if no_fsync {
@@ -271,6 +276,7 @@ async fn command(command: Command) -> Result<()> {
             options.body_read_timeout = Duration::from_millis(body_timeout_ms.max(1));
             options.watch = watch;
             options.cluster = cluster;
+            options.max_in_flight = max_in_flight.map(|n| n.max(1));
             up(&app, build, &listen, options).await
         }
         Command::Send {

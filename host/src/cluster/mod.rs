@@ -114,6 +114,7 @@ pub async fn start(url: &str, options: &Options, runtime: Arc<Runtime>) -> Resul
         runtime.clone(),
         live.clone(),
         metrics.clone(),
+        options.max_in_flight,
     );
     let backend: SharedBackend = Arc::new(ClusterBackend(store.clone()));
     let deployer = Arc::new(Deployer::new(

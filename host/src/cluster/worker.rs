@@ -80,6 +80,8 @@ struct Inner {
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
+    /// What this host runs at once over all handlers (`--max-in-flight`), if it is bounded.
+    host_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl ClusterWorkers {
@@ -88,6 +90,7 @@ impl ClusterWorkers {
         runtime: Arc<Runtime>,
         live: Arc<Live>,
         metrics: Arc<Metrics>,
+        max_in_flight: Option<usize>,
     ) -> ClusterWorkers {
         ClusterWorkers {
             inner: Arc::new(Inner {
@@ -96,6 +99,7 @@ impl ClusterWorkers {
                 live,
                 metrics,
                 shutdown: watch::channel(false).0,
+                host_slots: max_in_flight.map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             }),
         }
     }
@@ -375,6 +379,15 @@ impl Inner {
                         _ = stop.changed() => return,
                     }
                 }
+                // This host's share first: what it pulled beyond it waits here, unacknowledged
+                // (the server counts it out, so other hosts get the rest).
+                let host_permit = match &self.host_slots {
+                    Some(slots) => match acquire_holding(slots, &message).await {
+                        Some(permit) => Some(permit),
+                        None => return,
+                    },
+                    None => None,
+                };
                 // JetStream bounds what is out across hosts; the permit is this host's count
                 // of what runs (and what a shutdown waits for).
                 let Ok(permit) = slot.permits().clone().acquire_owned().await else {
@@ -385,6 +398,7 @@ impl Inner {
                 self.runtime.spawn(async move {
                     inner.deliver(&name, &slot, ordered, message).await;
                     drop(permit);
+                    drop(host_permit);
                 });
             }
         }
@@ -764,6 +778,24 @@ enum Committed {
     Conflict(String),
     /// The effects can never be committed (too many, past the hop limit): a failed attempt.
     Refused(String),
+}
+
+/// A permit of `slots`, telling the server meanwhile that `message` is being worked on, so
+/// that it is not handed to another host while it waits here; `None` once closed.
+async fn acquire_holding(
+    slots: &Arc<tokio::sync::Semaphore>,
+    message: &jetstream::Message,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let acquire = slots.clone().acquire_owned();
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            permit = &mut acquire => return permit.ok(),
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
 }
 
 /// Take a token of `rate` now, or say when (unix ms) the next one is there.
