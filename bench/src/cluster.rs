@@ -46,22 +46,6 @@ const BOUNDED_CONCURRENCY: u32 = 512;
 /// within what a host's CPU commits, so waiting, not CPU, is what bounds each host.
 const BOUNDED_PER_HOST: usize = 16;
 
-/// The cluster scenarios, for `--only`.
-pub fn scenarios() -> Vec<String> {
-    let mut names = Vec::new();
-    for kind in ["ingest", "e2e-ack", "bounded"] {
-        for hosts in HOSTS {
-            names.push(format!("cluster{hosts}/{kind}"));
-        }
-    }
-    names
-}
-
-/// The single-node rows the cluster rows are compared with.
-pub fn baselines() -> [&'static str; 3] {
-    ["floor/binary", "ingest/binary", "e2e/ack"]
-}
-
 /// A nats-server and the hosts of one app on it.
 struct Cluster {
     nats: NatsServer,
@@ -143,8 +127,8 @@ impl Cluster {
 }
 
 /// Run the cluster scenarios `options` asks for, adding their rows to `results`.
-pub(crate) async fn run(options: &SuiteOptions, results: &mut Results) -> Result<()> {
-    if !scenarios().iter().any(|s| options.wants(s)) {
+pub async fn run(options: &SuiteOptions, results: &mut Results) -> Result<()> {
+    if !suite::cluster_scenarios().iter().any(|s| options.wants(s)) {
         return Ok(());
     }
     let nats_bin = match crate::nats::server_binary(&options.workspace).await {

@@ -187,7 +187,11 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let started = Instant::now();
             let cpu_before = suite::self_cpu();
-            let results = suite::run(&options).await?;
+            let mut results = suite::run(&options).await?;
+            // Cluster mode: the same ingest and end-to-end paths on 1 and 3 hosts sharing one
+            // nats-server, and a handler bounded by waiting rather than by CPU; compared with
+            // rows of the suite's run.
+            evhost_bench::cluster::run(&options, &mut results).await?;
             let header = format!(
                 "evhost-bench, {} connections, handler concurrency {concurrency}, {duration} s per run, \
                  load generator on {} thread(s); {}; suite took {:.0} s, the load generator used {:.0} s of CPU",

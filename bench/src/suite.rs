@@ -145,6 +145,21 @@ fn one_line(row: &Row) -> String {
     )
 }
 
+/// The cluster scenarios (`crate::cluster`, run after these), for `--only`: each kind on 1
+/// and on 3 hosts.
+pub fn cluster_scenarios() -> Vec<String> {
+    let mut names = Vec::new();
+    for kind in ["ingest", "e2e-ack", "bounded"] {
+        for hosts in [1, 3] {
+            names.push(format!("cluster{hosts}/{kind}"));
+        }
+    }
+    names
+}
+
+/// The single-node rows the cluster rows are compared with: run whenever a cluster row is.
+pub const CLUSTER_BASELINES: [&str; 3] = ["floor/binary", "ingest/binary", "e2e/ack"];
+
 impl SuiteOptions {
     pub(crate) fn wants(&self, scenario: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| scenario.contains(o.as_str()))
@@ -153,8 +168,7 @@ impl SuiteOptions {
     /// Whether a single-node row is needed as the baseline of a cluster row that was asked
     /// for (`--only cluster` runs them too).
     fn wants_as_cluster_baseline(&self, scenario: &str) -> bool {
-        crate::cluster::baselines().contains(&scenario)
-            && crate::cluster::scenarios().iter().any(|s| self.wants(s))
+        CLUSTER_BASELINES.contains(&scenario) && cluster_scenarios().iter().any(|s| self.wants(s))
     }
 
     pub(crate) fn guest(&self, name: &str) -> PathBuf {
@@ -271,10 +285,6 @@ pub async fn run(options: &SuiteOptions) -> Result<Results> {
             wasm / native
         ));
     }
-
-    // 3b. Cluster mode: the same ingest and end-to-end paths on 1 and 3 hosts sharing one
-    //     nats-server, and a handler bounded by waiting rather than by CPU.
-    crate::cluster::run(options, &mut results).await?;
 
     // 4. Fan-out: one event, ten handlers.
     let name = "fanout/10";
