@@ -67,6 +67,17 @@ async fn count_of_type(host: &HostClient, ty: &str) -> usize {
     host.events(&[("type", ty), ("limit", "1000")]).await.len()
 }
 
+/// Hosts that committed some of the recorder's deliveries.
+async fn busy_hosts(hosts: &[TestHost]) -> usize {
+    let mut busy = 0;
+    for host in hosts {
+        if committed_here(host, "recorder").await > 0 {
+            busy += 1;
+        }
+    }
+    busy
+}
+
 /// Deliveries this host committed for `handler`, from its own `/metrics`.
 async fn committed_here(host: &HostClient, handler: &str) -> u64 {
     let metrics = host.metrics().await;
@@ -250,13 +261,7 @@ async fn concurrency_is_counted_across_the_cluster() {
         "at most `concurrency` at once, and both slots used"
     );
     // And the work went to more than one host.
-    let mut busy_hosts = 0;
-    for host in &hosts {
-        if committed_here(host, "recorder").await > 0 {
-            busy_hosts += 1;
-        }
-    }
-    assert!(busy_hosts >= 2, "one host did everything");
+    assert!(busy_hosts(&hosts).await >= 2, "one host did everything");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -291,13 +296,7 @@ async fn each_key_keeps_its_order_while_keys_spread_over_hosts() {
         let seen = hosts[1].state("recorder", &format!("seen/{key}")).await;
         assert_eq!(seen, Some(json!(ids)), "key {key}");
     }
-    let mut busy_hosts = 0;
-    for host in &hosts {
-        if committed_here(host, "recorder").await > 0 {
-            busy_hosts += 1;
-        }
-    }
-    assert!(busy_hosts >= 2, "one host did everything");
+    assert!(busy_hosts(&hosts).await >= 2, "one host did everything");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -115,6 +115,14 @@ impl LiveSet {
         }
     }
 
+    /// Resolves once no invocation of any of these handlers runs (every permit is back).
+    pub async fn all_idle(&self) {
+        for handler in self.handlers.values() {
+            let slot = &handler.slot;
+            drop(slot.permits().acquire_many(slot.concurrency()).await);
+        }
+    }
+
     pub fn handler(&self, name: &str) -> Option<&LiveHandler> {
         self.handlers.get(name)
     }

@@ -370,10 +370,7 @@ impl ClusterStore {
         if dead.cleared.is_some() {
             return Ok(None);
         }
-        let (Some(handler), Some(key)) = (
-            self.subjects.handler_of_dead(&message.subject),
-            Subjects::key_of(&message.subject),
-        ) else {
+        let Some((handler, key)) = self.subjects.dead_letter_of(&message.subject) else {
             return Ok(None);
         };
         let Some(event) = self.event_at(&dead.event_subject).await? else {
@@ -406,10 +403,7 @@ impl ClusterStore {
         let Some(message) = message else {
             return Ok(None);
         };
-        let (Some(handler), Some(key)) = (
-            self.subjects.handler_of_dead(&message.subject),
-            Subjects::key_of(&message.subject),
-        ) else {
+        let Some((handler, key)) = self.subjects.dead_letter_of(&message.subject) else {
             return Ok(None);
         };
         let mut dead: DeadRecord = from_payload("dead", &message.payload).map_err(broken)?;

@@ -238,6 +238,11 @@ impl Subjects {
         let rest = subject.strip_prefix(&format!("{}.dead.", self.prefix))?;
         HandlerName::new(rest.split('.').next()?).ok()
     }
+
+    /// The handler and event key a dead letter's subject names, if it is one.
+    pub fn dead_letter_of(&self, subject: &str) -> Option<(HandlerName, EventKey)> {
+        Some((self.handler_of_dead(subject)?, Subjects::key_of(subject)?))
+    }
 }
 
 /// The partition of `value` among `partitions`: the same on every host and every run (a

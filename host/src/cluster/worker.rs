@@ -109,13 +109,7 @@ impl ClusterWorkers {
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown.send_replace(true);
         let live = self.inner.live.current();
-        let drained = async {
-            for handler in live.handlers().values() {
-                let slot = &handler.slot;
-                drop(slot.permits().acquire_many(slot.concurrency()).await);
-            }
-        };
-        if tokio::time::timeout(grace, drained).await.is_err() {
+        if tokio::time::timeout(grace, live.all_idle()).await.is_err() {
             tracing::warn!(
                 ?grace,
                 "invocations still running at shutdown; other hosts take them over"

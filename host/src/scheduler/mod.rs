@@ -157,14 +157,7 @@ impl Scheduler {
     pub async fn shutdown(&self, grace: Duration) {
         self.shutdown.send_replace(true);
         let live = self.live.current();
-        let drained = async {
-            for handler in live.handlers().values() {
-                let slot = &handler.slot;
-                // Every permit back means no invocation of this handler is running.
-                drop(slot.permits().acquire_many(slot.concurrency()).await);
-            }
-        };
-        if tokio::time::timeout(grace, drained).await.is_err() {
+        if tokio::time::timeout(grace, live.all_idle()).await.is_err() {
             tracing::warn!(
                 ?grace,
                 "invocations still running at shutdown; they will be retried on the next start"
