@@ -658,3 +658,19 @@ async fn a_host_runs_no_more_than_its_share() {
     // always seen).
     assert!((2..=3).contains(&most), "{most} at once, with a share of 3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compaction_is_refused_on_a_cluster_host_naming_why() {
+    let nats = NatsServer::start().await;
+    let hosts = hosts(recorder_app(""), &nats.url(), 1).await;
+    let response = hosts[0].post("/admin/compact").await;
+    assert_eq!(response.status(), 409);
+    let problem: Value = response.json().await.expect("a problem");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("JetStream"),
+        "{problem}"
+    );
+}

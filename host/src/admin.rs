@@ -164,7 +164,7 @@ impl IntoResponse for AdminError {
                     tracing::warn!(error = %err, "the store is unavailable");
                     Problem::service_unavailable(
                         Some(std::time::Duration::from_secs(1)),
-                        "the store is unavailable now",
+                        format!("the store is unavailable now ({err})"),
                     )
                     .into_response()
                 }
@@ -635,7 +635,13 @@ async fn remove(
 /// `POST /admin/compact`: hand the store's free pages back to the file system and empty the
 /// WAL, while the host runs; the sizes before and after.
 async fn compact(State(app): State<Arc<AdminState>>) -> Answer<CompactAnswer> {
-    let compacted = app.store.compact().await?;
+    let Some(compacted) = app.store.compact().await? else {
+        return Err(AdminError::Conflict(
+            "this host keeps the app in a cluster's JetStream stream, which compacts its own \
+             files: there is no store of its own to compact"
+                .to_owned(),
+        ));
+    };
     Ok(Json(CompactAnswer {
         before: compacted.before.into(),
         after: compacted.after.into(),

@@ -1230,10 +1230,8 @@ impl Backend for ClusterBackend {
         Ok(0)
     }
 
-    async fn compact(&self) -> StoreResult<Compacted> {
-        Err(StoreError::broken(
-            "compaction is for the embedded store; JetStream compacts its own files",
-        ))
+    async fn compact(&self) -> StoreResult<Option<Compacted>> {
+        Ok(None)
     }
 
     async fn refresh_size_metrics(&self) -> StoreResult<()> {

@@ -42,8 +42,9 @@ pub trait Backend: Send + Sync {
     /// Dead-letter what is pending for handlers no longer deployed, with `reason`.
     async fn dead_letter_orphans(&self, reason: &str) -> StoreResult<usize>;
 
-    /// Hand free space back and empty the write-ahead log (`evhost compact`).
-    async fn compact(&self) -> StoreResult<Compacted>;
+    /// Hand free space back and empty the write-ahead log (`evhost compact`); `None` where
+    /// there is nothing of the kind to do (a cluster: JetStream compacts its own files).
+    async fn compact(&self) -> StoreResult<Option<Compacted>>;
     async fn refresh_size_metrics(&self) -> StoreResult<()>;
 }
 
@@ -94,8 +95,8 @@ impl Backend for Store {
     async fn dead_letter_orphans(&self, reason: &str) -> StoreResult<usize> {
         Store::dead_letter_orphans(self, reason).await
     }
-    async fn compact(&self) -> StoreResult<Compacted> {
-        Store::compact(self).await
+    async fn compact(&self) -> StoreResult<Option<Compacted>> {
+        Store::compact(self).await.map(Some)
     }
     async fn refresh_size_metrics(&self) -> StoreResult<()> {
         Store::refresh_size_metrics(self).await
