@@ -67,6 +67,14 @@ async fn count_of_type(host: &HostClient, ty: &str) -> usize {
     host.events(&[("type", ty), ("limit", "1000")]).await.len()
 }
 
+/// Wait until the recorder has counted `n` events, as `host` reads its state.
+async fn wait_count(host: &HostClient, n: usize, what: &str) {
+    host.eventually(what, WAIT, || async {
+        host.state("recorder", "count").await == Some(json!(n))
+    })
+    .await;
+}
+
 /// Hosts that committed some of the recorder's deliveries.
 async fn busy_hosts(hosts: &[TestHost]) -> usize {
     let mut busy = 0;
@@ -210,11 +218,7 @@ async fn duplicates_posted_to_different_hosts_are_stored_once() {
     assert_eq!(body["accepted"][0]["duplicate"], true);
     assert_eq!(body["accepted"][1]["duplicate"], false);
 
-    hosts[0]
-        .eventually("both recorded", WAIT, || async {
-            hosts[0].state("recorder", "count").await == Some(json!(2))
-        })
-        .await;
+    wait_count(&hosts[0], 2, "both recorded").await;
     for host in &hosts {
         let log = host.events(&[("type", RECORD), ("limit", "100")]).await;
         let ids: Vec<&str> = log
@@ -249,11 +253,7 @@ async fn concurrency_is_counted_across_the_cluster() {
     for post in posts {
         assert_eq!(post.await.expect("the post"), 202);
     }
-    hosts[0]
-        .eventually("all recorded", WAIT, || async {
-            hosts[0].state("recorder", "count").await == Some(json!(12))
-        })
-        .await;
+    wait_count(&hosts[0], 12, "all recorded").await;
 
     let most = most_at_once(&hosts[1], (0..12).map(|i| format!("c-{i}"))).await;
     assert_eq!(
@@ -287,11 +287,7 @@ async fn each_key_keeps_its_order_while_keys_spread_over_hosts() {
             sent.entry(key).or_default().push(id);
         }
     }
-    hosts[0]
-        .eventually("all recorded", WAIT, || async {
-            hosts[0].state("recorder", "count").await == Some(json!(48))
-        })
-        .await;
+    wait_count(&hosts[0], 48, "all recorded").await;
     for (key, ids) in &sent {
         let seen = hosts[1].state("recorder", &format!("seen/{key}")).await;
         assert_eq!(seen, Some(json!(ids)), "key {key}");
@@ -392,11 +388,12 @@ async fn a_deploy_rollback_and_removal_on_one_host_reach_the_others() {
 
     stop.store(true, Ordering::SeqCst);
     let posted = poster.await.expect("the poster");
-    hosts[0]
-        .eventually("everything that flowed recorded", WAIT, || async {
-            hosts[0].state("recorder", "count").await == Some(json!(posted.len() + 2))
-        })
-        .await;
+    wait_count(
+        &hosts[0],
+        posted.len() + 2,
+        "everything that flowed recorded",
+    )
+    .await;
     // Each handled once, and by the version live everywhere when it was posted.
     let seen = hosts[1].state("recorder", "seen/flow").await.expect("seen");
     let ids: Vec<&str> = posted.iter().map(|(id, _)| id.as_str()).collect();
@@ -541,11 +538,7 @@ async fn while_nats_is_away_ingress_answers_503_and_nothing_is_lost() {
         let e = record(&format!("before-{i}"), "k", json!({}));
         assert_eq!(hosts[i % 2].post_structured(&e).await.status(), 202);
     }
-    hosts[0]
-        .eventually("recorded", WAIT, || async {
-            hosts[0].state("recorder", "count").await == Some(json!(5))
-        })
-        .await;
+    wait_count(&hosts[0], 5, "recorded").await;
 
     nats.kill();
     let response = hosts[1]
@@ -580,11 +573,7 @@ async fn while_nats_is_away_ingress_answers_503_and_nothing_is_lost() {
         let e = record(&format!("after-{i}"), "k", json!({}));
         assert_eq!(hosts[i % 2].post_structured(&e).await.status(), 202);
     }
-    hosts[0]
-        .eventually("everything recorded", WAIT, || async {
-            hosts[0].state("recorder", "count").await == Some(json!(11))
-        })
-        .await;
+    wait_count(&hosts[0], 11, "everything recorded").await;
     let seen = hosts[1].state("recorder", "seen/k").await.expect("seen");
     assert_eq!(seen.as_array().map(Vec::len), Some(11), "{seen}");
     assert_eq!(hosts[1].get("/readyz").await.status(), 200);
@@ -599,11 +588,7 @@ async fn a_rate_limit_paces_what_a_host_starts() {
         let e = record(&format!("r-{i}"), &format!("k-{i}"), json!({}));
         assert_eq!(hosts[0].post_structured(&e).await.status(), 202);
     }
-    hosts[0]
-        .eventually("all recorded", WAIT, || async {
-            hosts[0].state("recorder", "count").await == Some(json!(25))
-        })
-        .await;
+    wait_count(&hosts[0], 25, "all recorded").await;
     // A burst of 10, then 10 a second: the last 15 take 1.5 s at least.
     let took = started.elapsed();
     assert!(
@@ -647,11 +632,7 @@ async fn a_host_runs_no_more_than_its_share() {
         );
         assert_eq!(hosts[0].post_structured(&e).await.status(), 202);
     }
-    hosts[0]
-        .eventually("all recorded", WAIT, || async {
-            hosts[0].state("recorder", "count").await == Some(json!(12))
-        })
-        .await;
+    wait_count(&hosts[0], 12, "all recorded").await;
     let most = most_at_once(&hosts[0], (0..12).map(|i| format!("h-{i}"))).await;
     // Never past its share; at least two at once (the spans are those of the runs that
     // committed: one that lost a race on `count` ran again later, so a third overlap is not

@@ -49,6 +49,18 @@ impl Live {
     }
 
     /// Which events producers may send now (the manifest's `[ingress]` table).
+    /// The version of `name` live now, if the handler is still live in this same `slot`
+    /// (not removed, nor removed and deployed again since).
+    pub fn version_in(
+        &self,
+        name: &HandlerName,
+        slot: &Arc<HandlerSlot>,
+    ) -> Option<Arc<crate::runtime::DeployedHandler>> {
+        let live = self.current();
+        let handler = live.handler(name.as_str())?;
+        Arc::ptr_eq(&handler.slot, slot).then(|| handler.deployed.clone())
+    }
+
     pub fn ingress_policy(&self) -> Arc<IngressPolicy> {
         self.ingress.load_full()
     }

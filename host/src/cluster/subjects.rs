@@ -17,6 +17,11 @@ const MAX_READABLE_TOKEN: usize = 200;
 #[derive(Debug, Clone)]
 pub struct Subjects {
     prefix: String,
+    /// `{prefix}.ev.`, `{prefix}.rd.`, `{prefix}.dead.`: what every delivery and listing
+    /// looks at, made once rather than on each look.
+    events_prefix: String,
+    redrives_prefix: String,
+    dead_prefix: String,
     partitions: u32,
 }
 
@@ -53,8 +58,12 @@ impl EventKey {
 
 impl Subjects {
     pub fn new(app: &AppName, partitions: u32) -> Subjects {
+        let prefix = format!("evh.{app}");
         Subjects {
-            prefix: format!("evh.{app}"),
+            events_prefix: format!("{prefix}.ev."),
+            redrives_prefix: format!("{prefix}.rd."),
+            dead_prefix: format!("{prefix}.dead."),
+            prefix,
             partitions: partitions.max(1),
         }
     }
@@ -146,7 +155,7 @@ impl Subjects {
     /// tokens as the event, so the consumer of the partition takes it, in line with the key's
     /// other events.
     pub fn redrive(&self, handler: &HandlerName, event_subject: &str) -> Option<String> {
-        let rest = event_subject.strip_prefix(&format!("{}.ev.", self.prefix))?;
+        let rest = event_subject.strip_prefix(&self.events_prefix)?;
         // {type}.{p}.{p}.{p}.{key}: the type token has no dots.
         let (_, partitions_and_key) = rest.split_once('.')?;
         Some(format!("{}.rd.{handler}.{partitions_and_key}", self.prefix))
@@ -177,7 +186,7 @@ impl Subjects {
 
     /// Whether `subject` is a redrive (else an event).
     pub fn is_redrive(&self, subject: &str) -> bool {
-        subject.starts_with(&format!("{}.rd.", self.prefix))
+        subject.starts_with(&self.redrives_prefix)
     }
 
     /// The record that `handler` handled the event: written in the atomic commit with the
@@ -235,7 +244,7 @@ impl Subjects {
 
     /// The handler of a dead letter's subject.
     pub fn handler_of_dead(&self, subject: &str) -> Option<HandlerName> {
-        let rest = subject.strip_prefix(&format!("{}.dead.", self.prefix))?;
+        let rest = subject.strip_prefix(&self.dead_prefix)?;
         HandlerName::new(rest.split('.').next()?).ok()
     }
 

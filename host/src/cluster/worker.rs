@@ -213,9 +213,7 @@ impl Inner {
         name: &HandlerName,
         slot: &Arc<HandlerSlot>,
     ) -> Option<Arc<DeployedHandler>> {
-        let live = self.live.current();
-        let handler = live.handler(name.as_str())?;
-        Arc::ptr_eq(&handler.slot, slot).then(|| handler.deployed.clone())
+        self.live.version_in(name, slot)
     }
 
     /// Make the stream's consumers of `name` be `specs`. Consumers a newer version laid out

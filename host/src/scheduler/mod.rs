@@ -171,9 +171,7 @@ impl Scheduler {
         name: &HandlerName,
         slot: &Arc<HandlerSlot>,
     ) -> Option<Arc<DeployedHandler>> {
-        let live = self.live.current();
-        let handler = live.handler(name.as_str())?;
-        Arc::ptr_eq(&handler.slot, slot).then(|| handler.deployed.clone())
+        self.live.version_in(name, slot)
     }
 
     async fn run_worker(self: Arc<Self>, name: HandlerName, slot: Arc<HandlerSlot>) {
