@@ -342,31 +342,17 @@ async fn end_to_end(
     }
     let usage = cluster.nats.usage();
     let note = format!(
-        "{} host(s); nats-server {} CPU/event, peak RSS {:.0} MiB; latency at {latency_rate:.0}/s: \
-         {} of {} finished{}",
+        "{} host(s); nats-server {} CPU/event, peak RSS {:.0} MiB; {}",
         cluster.hosts.len(),
         fmt_us(nats_per_unit),
         usage.peak_rss_kib as f64 / 1024.0,
-        histogram.len(),
-        report2.accepted_events,
-        if report2.errors.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", report2.errors_text())
-        }
+        suite::latency_note(latency_rate, &histogram, &report2),
     );
     Ok(Row {
-        scenario: name.to_owned(),
-        unit: "events/s",
-        rate,
-        p50_us: (!histogram.is_empty()).then(|| histogram.value_at_quantile(0.5) as f64),
-        p99_us: (!histogram.is_empty()).then(|| histogram.value_at_quantile(0.99) as f64),
-        max_us: (!histogram.is_empty()).then(|| histogram.max() as f64),
-        latency: "POST -> commit",
-        ratio: None,
         peak_rss_mib: Some(cluster.host_peak_rss_mib()),
         cpu_us: per_unit(host_cpu, done.len()),
         errors,
         note,
+        ..Row::end_to_end(name, "events/s", rate, &histogram)
     })
 }

@@ -868,31 +868,54 @@ async fn end_to_end(
         Flow::Shop => "orders/s",
         Flow::Deliveries { .. } => "events/s",
     };
-    let note = format!(
-        "latency at {:.0}/s: {} of {} finished{}",
-        latency_rate * per_request as f64,
-        histogram.len(),
-        report2.accepted_events,
-        if report2.errors.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", report2.errors_text())
-        }
-    );
+    let note = latency_note(latency_rate * per_request as f64, &histogram, &report2);
     Ok(Row {
-        scenario: name.to_owned(),
-        unit,
-        rate,
-        p50_us: (!histogram.is_empty()).then(|| histogram.value_at_quantile(0.5) as f64),
-        p99_us: (!histogram.is_empty()).then(|| histogram.value_at_quantile(0.99) as f64),
-        max_us: (!histogram.is_empty()).then(|| histogram.max() as f64),
-        latency: "POST -> commit",
-        ratio: None,
         peak_rss_mib: Some(usage.peak_rss_kib as f64 / 1024.0),
         cpu_us: unit_cpu,
         errors,
         note,
+        ..Row::end_to_end(name, unit, rate, &histogram)
     })
+}
+
+impl Row {
+    /// A POST -> commit row of `rate`, its latencies from `histogram` (none if it is empty),
+    /// the rest to fill in.
+    pub(crate) fn end_to_end(
+        name: &str,
+        unit: &'static str,
+        rate: f64,
+        histogram: &Histogram<u64>,
+    ) -> Row {
+        let at = |q: f64| (!histogram.is_empty()).then(|| histogram.value_at_quantile(q) as f64);
+        Row {
+            scenario: name.to_owned(),
+            unit,
+            rate,
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            max_us: (!histogram.is_empty()).then(|| histogram.max() as f64),
+            latency: "POST -> commit",
+            ratio: None,
+            peak_rss_mib: None,
+            cpu_us: None,
+            errors: String::new(),
+            note: String::new(),
+        }
+    }
+}
+
+/// What an end-to-end row's latency phase did: its rate, and how much of it finished.
+pub(crate) fn latency_note(rate: f64, histogram: &Histogram<u64>, report: &LoadReport) -> String {
+    let errors = match report.errors.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", report.errors_text()),
+    };
+    format!(
+        "latency at {rate:.0}/s: {} of {} finished{errors}",
+        histogram.len(),
+        report.accepted_events
+    )
 }
 
 /// The ordering settings of an `ordering/*` row, for its note.
