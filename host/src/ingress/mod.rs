@@ -71,7 +71,17 @@ async fn ingest_post(
     body: axum::body::Body,
 ) -> Response {
     let body = read_body(body, app.body_limit, app.body_read_timeout).await;
-    let response = ingest(&app, &headers, body).await;
+    // A body refused before its end (too large, too slow) is left unread, so the server
+    // closes the connection after answering: saying so keeps a client from sending its next
+    // request on it (and getting a broken pipe).
+    let unread = body.is_err();
+    let mut response = ingest(&app, &headers, body).await;
+    if unread {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     if response.status() != StatusCode::ACCEPTED {
         app.metrics
             .ingress_rejected
