@@ -243,6 +243,7 @@ const CHOICES: &[&str] = &[
 ];
 const KEYS: &[&str] = &[
     "subscribe",
+    "accept_older",
     "concurrency",
     "ordering",
     "key",

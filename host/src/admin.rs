@@ -8,6 +8,8 @@
 //! [`AdminError`], which answers as problem+json. When a token is configured, every
 //! `/admin/*` route requires it.
 
+mod schemas;
+
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -85,6 +87,21 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/admin/deadletters/{id}", get(dead_letter).delete(discard))
         .route("/admin/deadletters/{id}/redrive", post(redrive))
         .route("/admin/compact", post(compact))
+        .route("/admin/schemas", get(schemas::list))
+        .route(
+            "/admin/schemas/{type}",
+            get(schemas::get)
+                .put(schemas::put)
+                .delete(schemas::remove)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+        )
+        .route("/admin/upcasters", get(schemas::upcasters))
+        .route(
+            "/admin/upcasters/{from}",
+            axum::routing::put(schemas::put_upcaster)
+                .delete(schemas::remove_upcaster)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_MODULE_BYTES)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -107,6 +124,12 @@ pub enum AdminError {
     /// A plan with several problems: each is listed under `problems` too.
     #[error(transparent)]
     Deploy(DeployError),
+    /// A plan the deploy gate refused (409), each problem under `problems`.
+    #[error(transparent)]
+    Gate(DeployError),
+    /// A refused change to the schema registry.
+    #[error(transparent)]
+    Schema(crate::deploy::SchemaChangeError),
     /// A limit or filter of a listing is out of range.
     #[error("{detail}")]
     BadParameter {
@@ -127,6 +150,7 @@ impl From<DeployError> for AdminError {
             DeployError::NoEarlierVersion(_) => AdminError::Conflict(err.to_string()),
             DeployError::Store(err) => AdminError::Store(err),
             DeployError::Invalid(_) => AdminError::Deploy(err),
+            DeployError::Gate(_) => AdminError::Gate(err),
         }
     }
 }
@@ -151,6 +175,17 @@ impl IntoResponse for AdminError {
                     .with_member("problems", problems)
                     .into_response()
             }
+            AdminError::Gate(err) => {
+                let problems = match &err {
+                    DeployError::Gate(problems) => problems.clone(),
+                    _ => Vec::new(),
+                };
+                Problem::new(StatusCode::CONFLICT)
+                    .with_detail(err.to_string())
+                    .with_member("problems", problems)
+                    .into_response()
+            }
+            AdminError::Schema(err) => schemas::schema_problem(err),
             AdminError::BadParameter { parameter, detail } => Problem::new(StatusCode::BAD_REQUEST)
                 .with_detail(detail)
                 .with_member("parameter", parameter)
@@ -209,9 +244,53 @@ async fn events(
     let events = app.store.events(query).await?;
     let next_after = events.last().map(|e| e.seq).or(params.after);
     Ok(Json(EventsPage {
-        events: events.into_iter().map(logged_event_view).collect(),
+        events: upcast_views(&app, events).await,
         next_after,
     }))
+}
+
+/// The views of `events`, each delivery whose handler reads the event as a newer version
+/// showing it upcast (run now: an upcaster is pure, so this is what the delivery got or
+/// gets).
+async fn upcast_views(
+    app: &AdminState,
+    events: Vec<LoggedEvent>,
+) -> Vec<LoggedEventView<EventJson>> {
+    let live = app.live.current();
+    let registry = app.live.registry();
+    let mut views = Vec::with_capacity(events.len());
+    for logged in events {
+        let mut upcasts = Vec::with_capacity(logged.deliveries.len());
+        for delivery in &logged.deliveries {
+            let Some(handler) = live.handler(delivery.handler.as_str()) else {
+                upcasts.push((None, None));
+                continue;
+            };
+            let settings = handler.deployed.settings();
+            // Why it cannot be read matters while the delivery may still run (or is dead);
+            // a done one was read by the version that ran it.
+            let may_run = !matches!(
+                delivery.status,
+                DeliveryStatus::Done | DeliveryStatus::Discarded
+            );
+            let read = registry
+                .read_as(&app.runtime, settings, &logged.event)
+                .await;
+            upcasts.push(match read {
+                Ok(None) => (None, None),
+                Ok(Some(upcast)) => (Some(upcast.to_json()), None),
+                Err(why) if may_run => (None, Some(why)),
+                Err(_) => (None, None),
+            });
+        }
+        let mut view = logged_event_view(logged);
+        for (delivery, (delivered_as, upcast_error)) in view.deliveries.iter_mut().zip(upcasts) {
+            delivery.delivered_as = delivered_as;
+            delivery.upcast_error = upcast_error;
+        }
+        views.push(view);
+    }
+    views
 }
 
 /// The answer writes each event as it goes ([`EventJson`]): no tree of its `data`.
@@ -230,6 +309,8 @@ fn logged_event_view(logged: LoggedEvent) -> LoggedEventView<EventJson> {
                 .then(|| rfc3339(d.not_before_ms))
                 .flatten(),
             redrives: d.redrives,
+            delivered_as: None,
+            upcast_error: None,
         })
         .collect();
     LoggedEventView {

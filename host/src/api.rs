@@ -159,6 +159,13 @@ pub struct DeliveryView {
     pub next_attempt_at: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redrives: u32,
+    /// The event as this delivery's handler reads it, when that is a newer version than the
+    /// stored one (upcast; the stored event never changes), CloudEvents JSON format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_as: Option<Value>,
+    /// Why the event cannot be upcast to the version the handler reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upcast_error: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -395,4 +402,74 @@ mod tests {
         let read: EventsPage = serde_json::from_slice(&serde_json::to_vec(&page).unwrap()).unwrap();
         assert_eq!(read.events[0].event, event.to_json());
     }
+}
+
+/// `GET /admin/schemas`: every registered schema by family, and the app's policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaList {
+    /// `[schemas] require`: types without a schema are refused.
+    pub require: bool,
+    /// The mode of a family that has none set.
+    pub default_compatibility: String,
+    pub families: Vec<FamilyView>,
+}
+
+/// One family: its mode and its registered versions, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyView {
+    pub family: String,
+    pub compatibility: String,
+    pub versions: Vec<SchemaView>,
+}
+
+/// One registered schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaView {
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub version: u32,
+    pub sha256: String,
+    /// Where the host serves it (what accepted events' `dataschema` says).
+    pub url: String,
+    pub registered_at: Option<String>,
+    pub origin: Origin,
+    /// How events of the previous version become this one: `"upcaster"`, `"as is"` (this
+    /// version reads the previous one, with its defaults filled in), or `null` (no way: a
+    /// handler of this version cannot read them).
+    pub from_previous: Option<String>,
+    /// The upcaster from the previous version, if one is registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upcaster: Option<UpcasterView>,
+}
+
+/// One registered upcaster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpcasterView {
+    pub from: String,
+    pub to: String,
+    pub module_sha256: String,
+    pub registered_at: Option<String>,
+    pub origin: Origin,
+}
+
+/// `GET /admin/upcasters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpcasterList {
+    pub upcasters: Vec<UpcasterView>,
+}
+
+/// `PUT /admin/schemas/{type}`, `PUT /admin/upcasters/{from}` and their `DELETE`s: what the
+/// change did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaChangeAnswer {
+    /// The type registered or removed, or the type an upcaster starts from.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// `created`, `unchanged`, `replaced` or `removed`.
+    pub outcome: String,
+    /// The schema's digest and URL (a schema registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     CompactAnswer, DeadLetterPage, DeadLetterView, DeployAnswer, EventsPage, HandlerList,
     HandlerView, IngestAnswer, ProblemView, RedriveAnswer, RemoveAnswer, RollbackAnswer,
+    SchemaChangeAnswer, SchemaList,
 };
 
 /// Why a call did not succeed.
@@ -196,6 +197,70 @@ impl Client {
         let path = format!("/admin/handlers/{name}");
         self.call(self.request(Method::PUT, &path).multipart(form))
             .await
+    }
+
+    /// `GET /admin/schemas`.
+    pub async fn schemas(&self) -> Result<SchemaList, ClientError> {
+        self.call(self.request(Method::GET, "/admin/schemas")).await
+    }
+
+    /// `GET /admin/schemas/{type}`: the schema as registered.
+    pub async fn schema(&self, ty: &str) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/admin/schemas/{ty}");
+        self.call(self.request(Method::GET, &path)).await
+    }
+
+    /// `PUT /admin/schemas/{type}`: register `schema` (JSON text), with an upcaster from the
+    /// previous version and the family's mode when given.
+    pub async fn put_schema(
+        &self,
+        ty: &str,
+        schema: Vec<u8>,
+        upcaster: Option<Vec<u8>>,
+        compatibility: Option<&str>,
+    ) -> Result<SchemaChangeAnswer, ClientError> {
+        let mut form = reqwest::multipart::Form::new().part(
+            "schema",
+            reqwest::multipart::Part::bytes(schema).file_name("schema.json"),
+        );
+        if let Some(upcaster) = upcaster {
+            form = form.part(
+                "upcaster",
+                reqwest::multipart::Part::bytes(upcaster).file_name("upcaster.wasm"),
+            );
+        }
+        if let Some(mode) = compatibility {
+            form = form.text("compatibility", mode.to_owned());
+        }
+        let path = format!("/admin/schemas/{ty}");
+        self.call(self.request(Method::PUT, &path).multipart(form))
+            .await
+    }
+
+    /// `DELETE /admin/schemas/{type}`.
+    pub async fn remove_schema(&self, ty: &str) -> Result<SchemaChangeAnswer, ClientError> {
+        let path = format!("/admin/schemas/{ty}");
+        self.call(self.request(Method::DELETE, &path)).await
+    }
+
+    /// `PUT /admin/upcasters/{from}`.
+    pub async fn put_upcaster(
+        &self,
+        from: &str,
+        module: Vec<u8>,
+    ) -> Result<SchemaChangeAnswer, ClientError> {
+        let path = format!("/admin/upcasters/{from}");
+        let request = self
+            .request(Method::PUT, &path)
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(module);
+        self.call(request).await
+    }
+
+    /// `DELETE /admin/upcasters/{from}`.
+    pub async fn remove_upcaster(&self, from: &str) -> Result<SchemaChangeAnswer, ClientError> {
+        let path = format!("/admin/upcasters/{from}");
+        self.call(self.request(Method::DELETE, &path)).await
     }
 
     /// `POST /admin/handlers/{name}/rollback`.

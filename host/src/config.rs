@@ -20,6 +20,9 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use crate::name::{AppName, HandlerName, NameError};
+use crate::schemas::compat::Compatibility;
+use crate::schemas::policy::SchemaPolicy;
+use crate::schemas::version::{self, AcceptOlder, VersionedType};
 
 /// The manifest's file name, looked up when `evhost up` is given a folder.
 pub const MANIFEST_FILE: &str = "evhost.toml";
@@ -89,7 +92,17 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_millis(30_000);
 /// retry more than a day away is a dead letter in all but name.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 
-const TOP_KEYS: &[&str] = &["app", "cluster", "handler", "ingress", "retention"];
+const TOP_KEYS: &[&str] = &[
+    "app",
+    "cluster",
+    "handler",
+    "ingress",
+    "retention",
+    "schema",
+    "schemas",
+];
+const SCHEMAS_KEYS: &[&str] = &["require", "compatibility"];
+const SCHEMA_KEYS: &[&str] = &["type", "file", "compatibility", "upcaster", "build"];
 const CLUSTER_KEYS: &[&str] = &["stream", "replicas", "partitions"];
 const APP_KEYS: &[&str] = &["name"];
 const INGRESS_KEYS: &[&str] = &["accept", "unrouted", "max_batch"];
@@ -133,6 +146,7 @@ pub const MAX_MAX_BATCH: usize = 10_000;
 const HANDLER_KEYS: &[&str] = &["name", "module", "build"];
 const SETTINGS_KEYS: &[&str] = &[
     "subscribe",
+    "accept_older",
     "concurrency",
     "ordering",
     "key",
@@ -166,6 +180,27 @@ pub struct Manifest {
     pub retention: RetentionPolicy,
     /// Where and how a cluster host keeps the app in JetStream; read only with `--cluster`.
     pub cluster: ClusterLayout,
+    /// The `[schemas]` table.
+    pub schema_policy: SchemaPolicy,
+    /// The `[[schema]]` entries, in manifest order; types are unique.
+    pub schemas: Vec<SchemaSpec>,
+}
+
+/// One `[[schema]]` entry: a version's schema, registered at start unless it is already
+/// (registered schemas never change; an entry the manifest drops stays registered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaSpec {
+    /// `NAME.vN`.
+    pub ty: String,
+    /// The JSON Schema file, resolved against [`Manifest::dir`].
+    pub file: PathBuf,
+    /// The family's mode from this registration on.
+    pub compatibility: Option<Compatibility>,
+    /// A component upcasting the previous version into this one, resolved against
+    /// [`Manifest::dir`]; it may not exist until `build` has run.
+    pub upcaster: Option<PathBuf>,
+    /// A shell command that produces `upcaster`, run by `evhost up --build`.
+    pub build: Option<String>,
 }
 
 /// The `[cluster]` table: how the app is laid out in NATS JetStream when hosts run with
@@ -284,6 +319,8 @@ pub struct HandlerSpec {
 pub struct HandlerSettings {
     /// Event types, matched exactly against an event's `type`; at least one, no duplicates.
     pub subscribe: Vec<String>,
+    /// Which older versions of the subscribed types it reads, upcast by the host.
+    pub accept_older: AcceptOlder,
     /// Invocations in flight at once, 1..=[`MAX_CONCURRENCY`].
     pub concurrency: u32,
     pub ordering: Ordering,
@@ -317,6 +354,7 @@ impl Default for HandlerSettings {
     fn default() -> Self {
         Self {
             subscribe: Vec::new(),
+            accept_older: AcceptOlder::No,
             concurrency: DEFAULT_CONCURRENCY,
             ordering: Ordering::default(),
             key: KeySource::default(),
@@ -355,6 +393,15 @@ impl HandlerSettings {
         let mut table = Table::new();
         let subscribe = self.subscribe.iter().cloned().map(Value::String).collect();
         table.insert("subscribe".into(), Value::Array(subscribe));
+        match self.accept_older {
+            AcceptOlder::No => {}
+            AcceptOlder::All => {
+                table.insert("accept_older".into(), Value::Boolean(true));
+            }
+            from @ AcceptOlder::From(_) => {
+                table.insert("accept_older".into(), Value::String(from.as_setting()));
+            }
+        }
         table.insert("concurrency".into(), int(self.concurrency));
         table.insert("ordering".into(), Value::String(self.ordering.to_string()));
         // `key` next to `ordering = "unordered"` is rejected, so it is only written where it is
@@ -392,6 +439,8 @@ impl HandlerSettings {
     pub fn to_json(&self) -> String {
         let stored = StoredSettings {
             subscribe: self.subscribe.clone(),
+            accept_older: (self.accept_older != AcceptOlder::No)
+                .then(|| self.accept_older.as_setting()),
             concurrency: self.concurrency,
             ordering: self.ordering.as_str().to_owned(),
             key: self.key.as_str().to_owned(),
@@ -420,6 +469,13 @@ impl HandlerSettings {
         let stored_value = |key: &str, why: String| format!("key `{key}`: {why}");
         Ok(HandlerSettings {
             subscribe: stored.subscribe,
+            accept_older: stored
+                .accept_older
+                .as_deref()
+                .map(AcceptOlder::from_setting)
+                .transpose()
+                .map_err(|why| stored_value("accept_older", why))?
+                .unwrap_or_default(),
             concurrency: stored.concurrency,
             ordering: choice(&Value::String(stored.ordering), Ordering::CHOICES)
                 .map_err(|why| stored_value("ordering", why))?,
@@ -460,6 +516,9 @@ impl HandlerSettings {
 #[serde(deny_unknown_fields)]
 struct StoredSettings {
     subscribe: Vec<String>,
+    // Left out when it is the default, so that settings stored before it read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accept_older: Option<String>,
     concurrency: u32,
     ordering: String,
     key: String,
@@ -732,6 +791,8 @@ impl Manifest {
         let mut ingress = IngressPolicy::default();
         let mut retention = RetentionPolicy::default();
         let mut cluster = ClusterLayout::default();
+        let mut schema_policy = SchemaPolicy::default();
+        let mut schemas = Vec::new();
         for (key, value) in sorted(&root) {
             match key.as_str() {
                 "app" => app = read_app(value, &mut report),
@@ -739,6 +800,8 @@ impl Manifest {
                 "ingress" => ingress = read_ingress(value, &mut report),
                 "retention" => retention = read_retention(value, &mut report),
                 "cluster" => cluster = read_cluster(value, &mut report),
+                "schemas" => schema_policy = read_schema_policy(value, &mut report),
+                "schema" => schemas = read_schemas(value, &dir, &mut report),
                 _ => report.unknown_key(key, TOP_KEYS),
             }
         }
@@ -757,6 +820,8 @@ impl Manifest {
                 ingress,
                 retention,
                 cluster,
+                schema_policy,
+                schemas,
             }),
             _ => Err(report.into_error()),
         }
@@ -985,6 +1050,108 @@ fn read_retention(value: &Value, report: &mut Report) -> RetentionPolicy {
     policy
 }
 
+fn read_schema_policy(value: &Value, report: &mut Report) -> SchemaPolicy {
+    let mut policy = SchemaPolicy::default();
+    let Some(table) = value.as_table() else {
+        report.problem("schemas", format!("expected a table, got {}", got(value)));
+        return policy;
+    };
+    for (key, value) in sorted(table) {
+        let at = format!("schemas.{key}");
+        match key.as_str() {
+            "require" => match value.as_bool() {
+                Some(require) => policy.require = require,
+                None => report.problem(&at, format!("expected true or false, got {}", got(value))),
+            },
+            "compatibility" => {
+                if let Some(mode) = report.check(&at, choice(value, Compatibility::CHOICES)) {
+                    policy.compatibility = mode;
+                }
+            }
+            _ => report.unknown_key(&at, SCHEMAS_KEYS),
+        }
+    }
+    policy
+}
+
+fn read_schemas(value: &Value, dir: &Path, report: &mut Report) -> Vec<SchemaSpec> {
+    let Some(entries) = value.as_array() else {
+        let hint = if value.is_table() {
+            " (write `[[schema]]`, with double brackets)"
+        } else {
+            ""
+        };
+        report.problem(
+            "schema",
+            format!("expected an array of tables, got {}{hint}", got(value)),
+        );
+        return Vec::new();
+    };
+    let mut specs: Vec<SchemaSpec> = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let at = |key: &str| format!("schema #{}.{key}", index + 1);
+        let Some(table) = entry.as_table() else {
+            report.problem(
+                "schema",
+                format!("entry #{}: expected a table, got {}", index + 1, got(entry)),
+            );
+            continue;
+        };
+        for key in table.keys() {
+            if !SCHEMA_KEYS.contains(&key.as_str()) {
+                report.unknown_key(&at(key), SCHEMA_KEYS);
+            }
+        }
+        let ty = match table.get("type") {
+            Some(value) => report.check(
+                &at("type"),
+                non_empty_string(value).and_then(|ty| match VersionedType::parse(ty) {
+                    Some(_) => Ok(ty.to_owned()),
+                    None => Err(version::explain(ty)),
+                }),
+            ),
+            None => {
+                report.problem(&at("type"), "missing required key");
+                None
+            }
+        };
+        let file = match table.get("file") {
+            Some(value) => report.check(&at("file"), non_empty_string(value)),
+            None => {
+                report.problem(&at("file"), "missing required key (the JSON Schema file)");
+                None
+            }
+        };
+        let compatibility = table.get("compatibility").and_then(|value| {
+            report.check(&at("compatibility"), choice(value, Compatibility::CHOICES))
+        });
+        let upcaster = table
+            .get("upcaster")
+            .and_then(|value| report.check(&at("upcaster"), non_empty_string(value)));
+        let build = table
+            .get("build")
+            .and_then(|value| report.check(&at("build"), non_empty_string(value)));
+        if build.is_some() && upcaster.is_none() {
+            report.problem(&at("build"), "builds the `upcaster`, and there is none");
+        }
+        let (Some(ty), Some(file)) = (ty, file) else {
+            continue;
+        };
+        if specs.iter().any(|spec| spec.ty == ty) {
+            report.problem(&at("type"), format!("`{ty}` is listed more than once"));
+            continue;
+        }
+        specs.push(SchemaSpec {
+            ty,
+            file: dir.join(file),
+            compatibility,
+            upcaster: upcaster.map(|path| dir.join(path)),
+            build: build.map(str::to_owned),
+        });
+    }
+    specs
+}
+
 fn read_cluster(value: &Value, report: &mut Report) -> ClusterLayout {
     let mut layout = ClusterLayout::default();
     let Some(table) = value.as_table() else {
@@ -1158,6 +1325,23 @@ fn read_settings(table: &Table, own_keys: &[&str], report: &mut Report) -> Handl
         match key {
             _ if own_keys.contains(&key) => {}
             "subscribe" => settings.subscribe = read_subscribe(value, report),
+            "accept_older" => {
+                let read = match value {
+                    Value::Boolean(true) => Ok(AcceptOlder::All),
+                    Value::Boolean(false) => Ok(AcceptOlder::No),
+                    Value::String(text) if text != "true" && text != "false" => {
+                        AcceptOlder::from_setting(text)
+                    }
+                    other => Err(format!(
+                        "expected true, false or the oldest version to read (\"v1\", \"v2\", \
+                         ...), got {}",
+                        got(other)
+                    )),
+                };
+                if let Some(accept) = report.check(key, read) {
+                    settings.accept_older = accept;
+                }
+            }
             "concurrency" => {
                 if let Some(n) = report.check(key, integer(value, 1, MAX_CONCURRENCY)) {
                     settings.concurrency = n;
@@ -1220,6 +1404,18 @@ fn read_settings(table: &Table, own_keys: &[&str], report: &mut Report) -> Handl
         report.problem(
             "subscribe",
             "missing required key (a handler needs at least one event type)",
+        );
+    }
+    if settings.accept_older != AcceptOlder::No
+        && !settings.subscribe.is_empty()
+        && !settings
+            .subscribe
+            .iter()
+            .any(|ty| VersionedType::parse(ty).is_some())
+    {
+        report.problem(
+            "accept_older",
+            "has no effect: no subscribed type is versioned (`NAME.vN`)",
         );
     }
     let ordering_written = table.contains_key("ordering");
@@ -1528,6 +1724,7 @@ subscribe = ["com.example.shop.shipment.created.v1"]
                             "com.example.shop.order.placed.v1".into(),
                             "com.example.shop.stock.added.v1".into(),
                         ],
+                        accept_older: AcceptOlder::No,
                         concurrency: 8,
                         ordering: Ordering::Key,
                         key: KeySource::PartitionKey,
@@ -1562,6 +1759,8 @@ subscribe = ["com.example.shop.shipment.created.v1"]
             ingress: IngressPolicy::default(),
             retention: RetentionPolicy::default(),
             cluster: ClusterLayout::default(),
+            schema_policy: SchemaPolicy::default(),
+            schemas: Vec::new(),
         };
         assert_eq!(manifest, expected);
 
@@ -1622,7 +1821,7 @@ subscribe = ["com.example.a.v1"]
             [
                 "examples/shop/evhost.toml: key `app.name`: expected a name of lowercase letters a-z, digits 0-9, `-` and `_`, got \"Shop\"",
                 "examples/shop/evhost.toml: key `app.owner`: unknown key (expected one of: name)",
-                "examples/shop/evhost.toml: handler `inventory`: key `concurency`: unknown key (expected one of: name, module, build, subscribe, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_staged_mb, max_writes, max_emits, max_attempts, backoff, rate, config)",
+                "examples/shop/evhost.toml: handler `inventory`: key `concurency`: unknown key (expected one of: name, module, build, subscribe, accept_older, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_staged_mb, max_writes, max_emits, max_attempts, backoff, rate, config)",
                 "examples/shop/evhost.toml: handler `inventory`: key `ordering`: expected one of \"unordered\", \"key\", \"serial\", got \"keyed\"",
                 "examples/shop/evhost.toml: handler `payment`: key `module`: missing required key",
                 "examples/shop/evhost.toml: handler `payment`: key `backoff.max`: unknown key (expected one of: initial_ms, max_ms)",
@@ -1630,7 +1829,7 @@ subscribe = ["com.example.a.v1"]
                 "examples/shop/evhost.toml: handler `payment`: key `timeout_ms`: expected an integer from 1 to 600000, got 0",
                 "examples/shop/evhost.toml: handler #3: key `name`: missing required key",
                 "examples/shop/evhost.toml: handler `inventory`: key `name`: handlers #1 and #4 are both named `inventory`",
-                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, cluster, handler, ingress, retention)",
+                "examples/shop/evhost.toml: key `handlers`: unknown key (expected one of: app, cluster, handler, ingress, retention, schema, schemas)",
             ]
         );
     }
@@ -1921,7 +2120,7 @@ backoff = { max_ms = 1000 }
         assert_eq!(
             err.to_string(),
             "payment.toml: key `concurrency`: expected an integer from 1 to 1024, got 0\n\
-             payment.toml: key `name`: unknown key (expected one of: subscribe, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_staged_mb, max_writes, max_emits, max_attempts, backoff, rate, config)\n\
+             payment.toml: key `name`: unknown key (expected one of: subscribe, accept_older, concurrency, ordering, key, max_pending, timeout_ms, memory_mb, max_staged_mb, max_writes, max_emits, max_attempts, backoff, rate, config)\n\
              payment.toml: key `subscribe`: missing required key (a handler needs at least one event type)"
         );
     }

@@ -106,6 +106,12 @@ impl EventBuilder {
         self
     }
 
+    /// Another `type` (an upcast event is its next version).
+    pub fn retype(mut self, ty: impl Into<String>) -> Self {
+        self.ty = Some(ty.into());
+        self
+    }
+
     /// JSON `data`, with `datacontenttype = application/json`.
     pub fn json(self, data: &Value) -> Self {
         self.data(Some("application/json"), data.to_string())
@@ -365,6 +371,14 @@ impl Event {
             extensions: self.extensions,
             data: self.data,
         }
+    }
+
+    /// The same event with `dataschema` set to `url`: the registered schema its data was
+    /// checked against ([`crate::schemas`]). The URL is the host's own, made of a checked
+    /// type, so it needs no check of its own.
+    pub fn with_dataschema(mut self, url: String) -> Event {
+        self.dataschema = Some(url);
+        self
     }
 
     /// An event the store read back: it was built (and so validated) before it was stored,

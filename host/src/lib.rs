@@ -13,7 +13,8 @@
 //! ```
 //!
 //! - [`ingress`] decodes and validates CloudEvents from HTTP (binary, structured, batch) into
-//!   [`event::Event`]s, asks [`pressure`] for room, and appends to the store.
+//!   [`event::Event`]s, checks each one's data against its type's schema ([`schemas`]), asks
+//!   [`pressure`] for room, and appends to the store.
 //! - [`router`] turns an event into one delivery per subscribed handler.
 //! - [`store`] appends events with their deliveries durably, commits an invocation's outcome
 //!   (state writes, emitted events and their deliveries, delivery done) atomically, and keeps
@@ -22,15 +23,20 @@
 //! - [`scheduler`] runs each handler's pending deliveries under its rules ([`scheduler::select`]
 //!   decides which start, as a pure function of the backlog and the [`clock`]), and retries
 //!   failures with backoff.
-//! - [`runtime`] runs one delivery in a fresh sandboxed Wasm instance; [`capabilities`] are
-//!   the host side of each WIT import (types from [`wit`]), staging the handler's effects.
+//! - [`runtime`] runs one delivery in a fresh sandboxed Wasm instance (and upcasters, one step
+//!   each); [`capabilities`] are the host side of each WIT import (types from [`wit`]),
+//!   staging the handler's effects. Both schedulers go through [`schemas::Registry::invoke`]:
+//!   an older event upcast to the version the handler reads, its emitted events checked
+//!   against their schemas.
 //!
 //! Beside the pipeline:
 //!
 //! - [`deploy`] turns every deployment change (the manifest, `--watch`, the API) into a plan
 //!   and reconciles the store and the [`live`] set to it; the live set (each handler's
 //!   running version and the routes they make) is what ingress, the scheduler and the admin
-//!   API read, swapped whole.
+//!   API read, swapped whole. Changes to the schema registry go the same way, one at a time
+//!   with deploys, through the deploy gate ([`schemas`]: versions, schemas, compatibility,
+//!   upcasters).
 //! - [`server`] serves the router on hyper under the HTTP limits (header and connection
 //!   deadlines, a connection cap, a bounded stop); [`access`] decides who may call the admin
 //!   API (the token, and the `Host` / `Origin` checks against pages in a browser).
@@ -60,6 +66,7 @@ pub mod pressure;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;
+pub mod schemas;
 pub mod server;
 pub mod store;
 pub mod toolchain;
@@ -126,6 +133,10 @@ pub struct Options {
     /// cluster's work (what it pulls beyond waits, and other hosts take it); `None`: as many
     /// as each handler's cluster-wide `concurrency` allows.
     pub max_in_flight: Option<usize>,
+    /// The URL producers and handlers reach this host at, e.g. `https://events.example.com`:
+    /// accepted events' `dataschema` points under it (`/admin/schemas/{type}`). `None`:
+    /// `http://` and the address the host listens on.
+    pub public_url: Option<String>,
 }
 
 impl Options {
@@ -145,6 +156,7 @@ impl Options {
             watch: false,
             cluster: None,
             max_in_flight: None,
+            public_url: None,
         }
     }
 }
@@ -198,7 +210,7 @@ async fn readyz(
 /// invocations finish within the grace period, and return.
 pub async fn run(
     listener: tokio::net::TcpListener,
-    options: Options,
+    mut options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     if options.body_limit < ingress::MIN_BODY_LIMIT {
@@ -216,6 +228,17 @@ pub async fn run(
         None => None,
     };
     access::check_listen(addr, admin_token.as_ref())?;
+    if let Some(url) = &options.public_url {
+        let absolute = fluent_uri::Uri::parse(url.as_str()).is_ok_and(|uri| {
+            matches!(uri.scheme().as_str(), "http" | "https") && uri.authority().is_some()
+        });
+        if !absolute {
+            bail!("the public URL {url:?} is not an absolute http:// or https:// URL");
+        }
+    }
+    options
+        .public_url
+        .get_or_insert_with(|| format!("http://{addr}"));
     // Held until `run` returns: a second host on this directory refuses to start.
     let _data_dir_lock = store::DataDirLock::acquire(&data_dir)?;
     let cache_dir = match &options.cache_dir {
@@ -325,6 +348,7 @@ async fn start_embedded(
     let metrics = Arc::new(metrics::Metrics::new(store.metric_collectors())?);
     let clock = Clock::new();
     let live = Arc::new(Live::new());
+    live.set_registry(empty_registry(options));
     let scheduler = Scheduler::new(
         store.clone(),
         runtime.clone(),
@@ -362,6 +386,17 @@ async fn start_embedded(
         workers: RunningWorkers::Embedded(scheduler),
         _retention: Some(retention),
     })
+}
+
+/// The registry a host starts with, before the stored one is loaded: nothing registered,
+/// the manifest's `[schemas]` policy, schemas served under the host's public URL.
+pub fn empty_registry(options: &Options) -> schemas::Registry {
+    let policy = options
+        .manifest
+        .as_ref()
+        .map(|manifest| manifest.schema_policy)
+        .unwrap_or_default();
+    schemas::Registry::empty(options.public_url.as_deref().unwrap_or_default(), policy)
 }
 
 /// The app this host runs: the manifest's, which must be the one the data directory holds

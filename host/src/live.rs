@@ -29,11 +29,14 @@ use crate::name::HandlerName;
 use crate::pressure::{self, Admission, Demand, Downstream, Queue, Refusal};
 use crate::router::{EmitGraph, RouteTable, Routed};
 use crate::runtime::DeployedHandler;
+use crate::schemas::Registry;
 
-/// The live set, swapped whole, and the manifest's ingress policy beside it.
+/// The live set, swapped whole, and the manifest's ingress policy and the schema registry
+/// beside it.
 pub struct Live {
     current: ArcSwap<LiveSet>,
     ingress: ArcSwap<IngressPolicy>,
+    registry: ArcSwap<Registry>,
 }
 
 impl Live {
@@ -41,6 +44,7 @@ impl Live {
         Live {
             current: ArcSwap::from_pointee(LiveSet::default()),
             ingress: ArcSwap::from_pointee(IngressPolicy::default()),
+            registry: ArcSwap::from_pointee(Registry::default()),
         }
     }
 
@@ -48,7 +52,6 @@ impl Live {
         self.current.load_full()
     }
 
-    /// Which events producers may send now (the manifest's `[ingress]` table).
     /// The version of `name` live now, if the handler is still live in this same `slot`
     /// (not removed, nor removed and deployed again since).
     pub fn version_in(
@@ -61,12 +64,23 @@ impl Live {
         Arc::ptr_eq(&handler.slot, slot).then(|| handler.deployed.clone())
     }
 
+    /// Which events producers may send now (the manifest's `[ingress]` table).
     pub fn ingress_policy(&self) -> Arc<IngressPolicy> {
         self.ingress.load_full()
     }
 
     pub fn set_ingress_policy(&self, policy: IngressPolicy) {
         self.ingress.store(Arc::new(policy));
+    }
+
+    /// The schema registry as it is now ([`crate::schemas`]).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    /// Make `registry` the one ingress, the handlers and the admin API read.
+    pub fn set_registry(&self, registry: Registry) {
+        self.registry.store(Arc::new(registry));
     }
 
     /// Make `next` what runs; returns what ran before. `next` takes over what the handlers

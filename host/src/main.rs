@@ -101,6 +101,20 @@ enum Command {
         /// of the cluster's work; other hosts take the rest). Default: no limit of its own.
         #[arg(long, env = "EVHOST_MAX_IN_FLIGHT", requires = "cluster")]
         max_in_flight: Option<usize>,
+        /// The URL this host is reached at (e.g. `https://events.example.com`): accepted
+        /// events' `dataschema` points under it. Default: http:// and the listen address.
+        #[arg(long, env = "EVHOST_PUBLIC_URL")]
+        public_url: Option<String>,
+    },
+    /// The schema registry of a running host: register, read and list event schemas.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// Upcasters of a running host: components turning one version of a type into the next.
+    Upcaster {
+        #[command(subcommand)]
+        command: UpcasterCommand,
     },
     /// Deploy a new version of a handler to a running host.
     Deploy {
@@ -187,6 +201,66 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Register the schema of a versioned type (`NAME.vN`); a registered schema never changes.
+    Put {
+        /// The type, e.g. `com.example.shop.order.placed.v2`.
+        #[arg(value_name = "TYPE")]
+        ty: String,
+        /// The JSON Schema file (draft 2020-12).
+        file: PathBuf,
+        /// A component upcasting the previous version into this one: lets a version that
+        /// breaks readers of the previous one in, since old events have a way to it.
+        #[arg(long)]
+        upcaster: Option<PathBuf>,
+        /// The family's compatibility mode from now on: backward, forward, full (each also
+        /// `_transitive`) or none.
+        #[arg(long)]
+        compatibility: Option<String>,
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// Print a registered schema.
+    Get {
+        #[arg(value_name = "TYPE")]
+        ty: String,
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// List the registered schemas by family.
+    List {
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// Unregister a family's latest version (and the upcaster into it).
+    Rm {
+        #[arg(value_name = "TYPE")]
+        ty: String,
+        #[command(flatten)]
+        host: HostArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UpcasterCommand {
+    /// Register or replace the upcaster from a type into its next version.
+    Put {
+        /// The type it starts from, e.g. `com.example.shop.order.placed.v1`.
+        from: String,
+        /// The component (.wasm).
+        module: PathBuf,
+        #[command(flatten)]
+        host: HostArg,
+    },
+    /// Unregister the upcaster from a type.
+    Rm {
+        from: String,
+        #[command(flatten)]
+        host: HostArg,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 struct HostArg {
     /// The host's base URL.
@@ -256,6 +330,7 @@ async fn command(command: Command) -> Result<()> {
             watch,
             cluster,
             max_in_flight,
+            public_url,
         } => {
             let mut options = evhost::Options::new(data);
             options.durability = if no_fsync {
@@ -277,6 +352,7 @@ async fn command(command: Command) -> Result<()> {
             options.watch = watch;
             options.cluster = cluster;
             options.max_in_flight = max_in_flight.map(|n| n.max(1));
+            options.public_url = public_url;
             up(&app, build, &listen, options).await
         }
         Command::Send {
@@ -387,6 +463,8 @@ async fn command(command: Command) -> Result<()> {
             config,
             host,
         } => deploy(&name, &module, config.as_deref(), &host).await,
+        Command::Schema { command } => schema(command).await,
+        Command::Upcaster { command } => upcaster(command).await,
         Command::Rollback { name, host } => {
             let answer = host.client().rollback(&name).await?;
             println!("{name}: version {} is live", answer.version);
@@ -402,6 +480,136 @@ async fn command(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `evhost schema ...`.
+async fn schema(command: SchemaCommand) -> Result<()> {
+    match command {
+        SchemaCommand::Put {
+            ty,
+            file,
+            upcaster,
+            compatibility,
+            host,
+        } => {
+            let schema =
+                std::fs::read(&file).with_context(|| format!("failed to read {file:?}"))?;
+            let upcaster = match &upcaster {
+                Some(path) => {
+                    Some(std::fs::read(path).with_context(|| format!("failed to read {path:?}"))?)
+                }
+                None => None,
+            };
+            let answer = host
+                .client()
+                .put_schema(&ty, schema, upcaster, compatibility.as_deref())
+                .await
+                .map_err(explain_refusal)?;
+            println!(
+                "{ty}: {} ({})",
+                answer.outcome,
+                answer.url.unwrap_or_default()
+            );
+            Ok(())
+        }
+        SchemaCommand::Get { ty, host } => {
+            let schema = host.client().schema(&ty).await?;
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(())
+        }
+        SchemaCommand::List { host } => {
+            let list = host.client().schemas().await?;
+            println!(
+                "require = {}, default compatibility = {}",
+                list.require, list.default_compatibility
+            );
+            println!(
+                "{:<48} {:>7}  {:<20} {:<10} SHA256",
+                "TYPE", "VERSION", "COMPATIBILITY", "FROM PREV"
+            );
+            for family in &list.families {
+                for version in &family.versions {
+                    println!(
+                        "{:<48} {:>7}  {:<20} {:<10} {}",
+                        version.ty,
+                        version.version,
+                        family.compatibility,
+                        version.from_previous.as_deref().unwrap_or("-"),
+                        version.sha256.get(..12).unwrap_or(&version.sha256)
+                    );
+                }
+            }
+            Ok(())
+        }
+        SchemaCommand::Rm { ty, host } => {
+            host.client()
+                .remove_schema(&ty)
+                .await
+                .map_err(explain_refusal)?;
+            println!("{ty}: removed");
+            Ok(())
+        }
+    }
+}
+
+/// `evhost upcaster ...`.
+async fn upcaster(command: UpcasterCommand) -> Result<()> {
+    match command {
+        UpcasterCommand::Put { from, module, host } => {
+            let bytes =
+                std::fs::read(&module).with_context(|| format!("failed to read {module:?}"))?;
+            let answer = host
+                .client()
+                .put_upcaster(&from, bytes)
+                .await
+                .map_err(explain_refusal)?;
+            println!("upcaster from {from}: {}", answer.outcome);
+            Ok(())
+        }
+        UpcasterCommand::Rm { from, host } => {
+            host.client()
+                .remove_upcaster(&from)
+                .await
+                .map_err(explain_refusal)?;
+            println!("upcaster from {from}: removed");
+            Ok(())
+        }
+    }
+}
+
+/// A refusal with each of its listed problems (breaking changes, gate problems) on a line.
+fn explain_refusal(err: ClientError) -> anyhow::Error {
+    if let ClientError::Refused {
+        problem: Some(problem),
+        ..
+    } = &err
+    {
+        let mut lines = Vec::new();
+        for member in ["breaking_changes", "problems"] {
+            if let Some(items) = problem.members.get(member).and_then(Value::as_array) {
+                for item in items {
+                    lines.push(match item {
+                        Value::String(text) => text.clone(),
+                        Value::Object(change) => format!(
+                            "v{} ({}): \"{}\": {}",
+                            change.get("against").and_then(Value::as_u64).unwrap_or(0),
+                            change
+                                .get("direction")
+                                .and_then(Value::as_str)
+                                .unwrap_or("?"),
+                            change.get("pointer").and_then(Value::as_str).unwrap_or(""),
+                            change.get("rule").and_then(Value::as_str).unwrap_or("?")
+                        ),
+                        other => other.to_string(),
+                    });
+                }
+            }
+        }
+        if !lines.is_empty() {
+            return anyhow::anyhow!("{err}\n  {}", lines.join("\n  "));
+        }
+    }
+    err.into()
 }
 
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {

@@ -68,7 +68,9 @@ impl RouteTable {
     ) -> RouteTable {
         let mut table = RouteTable::default();
         for (name, settings) in handlers {
-            table.subscribe(name, &settings.subscribe, settings.ordering, settings.key);
+            let types =
+                crate::schemas::version::routed_types(&settings.subscribe, settings.accept_older);
+            table.subscribe(name, &types, settings.ordering, settings.key);
         }
         table
     }

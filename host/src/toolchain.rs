@@ -14,15 +14,25 @@ use anyhow::{Context, Result, bail};
 
 use crate::config::Manifest;
 
-/// Run each handler's `build` command in the manifest's folder, one after the other (they
-/// usually share a cargo target directory, which serialises them anyway), after making sure
-/// the Rust targets they name are installed.
+/// Run each handler's `build` command, and each `[[schema]]`'s (its upcaster), in the
+/// manifest's folder, one after the other (they usually share a cargo target directory,
+/// which serialises them anyway), after making sure the Rust targets they name are
+/// installed.
 pub async fn build_handlers(manifest: &Manifest) -> Result<()> {
-    let mut targets: Vec<&str> = manifest
+    let builds: Vec<(String, &str)> = manifest
         .handlers
         .iter()
-        .filter_map(|h| h.build.as_deref())
-        .flat_map(rust_targets)
+        .filter_map(|h| Some((format!("handler `{}`", h.name), h.build.as_deref()?)))
+        .chain(
+            manifest
+                .schemas
+                .iter()
+                .filter_map(|s| Some((format!("the upcaster of `{}`", s.ty), s.build.as_deref()?))),
+        )
+        .collect();
+    let mut targets: Vec<&str> = builds
+        .iter()
+        .flat_map(|(_, command)| rust_targets(command))
         .collect();
     targets.sort_unstable();
     targets.dedup();
@@ -32,23 +42,17 @@ pub async fn build_handlers(manifest: &Manifest) -> Result<()> {
             .await
             .context("checking the Rust targets panicked")??;
     }
-    for handler in &manifest.handlers {
-        let Some(command) = &handler.build else {
-            continue;
-        };
-        tracing::info!(handler = handler.name.as_str(), command, "building");
+    for (what, command) in &builds {
+        tracing::info!(what, command, "building");
         let status = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(command)
             .current_dir(&manifest.dir)
             .status()
             .await
-            .with_context(|| format!("handler `{}`: failed to run `{command}`", handler.name))?;
+            .with_context(|| format!("{what}: failed to run `{command}`"))?;
         if !status.success() {
-            bail!(
-                "handler `{}`: build command `{command}` failed ({status})",
-                handler.name
-            );
+            bail!("{what}: build command `{command}` failed ({status})");
         }
     }
     Ok(())

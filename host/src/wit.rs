@@ -14,3 +14,12 @@ wasmtime::component::bindgen!({
     },
     exports: { default: async },
 });
+
+/// The upcaster contract (`wit/upcaster-0.1.0`): one pure export, no imports of the host's.
+pub mod upcaster {
+    wasmtime::component::bindgen!({
+        world: "upcaster",
+        path: "../wit/upcaster-0.1.0",
+        exports: { default: async },
+    });
+}

@@ -47,9 +47,11 @@ pub fn consumers_of(
     handler: &HandlerName,
     settings: &HandlerSettings,
 ) -> Vec<ConsumerSpec> {
+    // The older versions a handler takes in are its events too.
+    let types = crate::schemas::version::routed_types(&settings.subscribe, settings.accept_older);
     let groups = match settings.ordering {
         Ordering::Unordered => {
-            let mut filters = subjects.event_filters(&settings.subscribe, settings.key, None);
+            let mut filters = subjects.event_filters(&types, settings.key, None);
             filters.extend(subjects.redrive_filters(handler, settings.key, None));
             return vec![ConsumerSpec {
                 name: handler.to_string(),
@@ -64,15 +66,14 @@ pub fn consumers_of(
     (0..groups)
         .map(|group| {
             let filters = if groups == 1 {
-                let mut filters = subjects.event_filters(&settings.subscribe, settings.key, None);
+                let mut filters = subjects.event_filters(&types, settings.key, None);
                 filters.extend(subjects.redrive_filters(handler, settings.key, None));
                 filters
             } else {
                 let partitions: Vec<u32> = (0..subjects.partitions())
                     .filter(|p| p % groups == group)
                     .collect();
-                let mut filters =
-                    subjects.event_filters(&settings.subscribe, settings.key, Some(&partitions));
+                let mut filters = subjects.event_filters(&types, settings.key, Some(&partitions));
                 filters.extend(subjects.redrive_filters(handler, settings.key, Some(&partitions)));
                 filters
             };

@@ -109,6 +109,7 @@ pub async fn start(url: &str, options: &Options, runtime: Arc<Runtime>) -> Resul
     tracing::info!(url, stream = store.stream_name(), "joined the cluster");
     let metrics = Arc::new(crate::metrics::Metrics::new(Vec::new())?);
     let live = Arc::new(Live::new());
+    live.set_registry(crate::empty_registry(options));
     let workers = ClusterWorkers::new(
         store.clone(),
         runtime.clone(),
@@ -139,6 +140,7 @@ pub async fn start(url: &str, options: &Options, runtime: Arc<Runtime>) -> Resul
         }
     }
     follow_deployments(store.clone(), deployer.clone());
+    follow_schemas(store.clone(), deployer.clone());
     Ok(Started {
         app,
         backend,
@@ -178,6 +180,36 @@ fn follow_deployments(store: Arc<ClusterStore>, deployer: Arc<Deployer>) {
             tokio::time::sleep(WATCH_PAUSE).await;
         }
     });
+}
+
+/// Make the stored schema registry live whenever any host changes it, as deployments are.
+fn follow_schemas(store: Arc<ClusterStore>, deployer: Arc<Deployer>) {
+    tokio::spawn(async move {
+        loop {
+            let mut changes = match store.book().watch(store::SCHEMAS_KEY).await {
+                Ok(changes) => changes,
+                Err(err) => {
+                    tracing::warn!(error = %err, "failed to watch the schema registry");
+                    tokio::time::sleep(WATCH_PAUSE).await;
+                    continue;
+                }
+            };
+            reload_schemas(&deployer).await;
+            while let Some(change) = changes.next().await {
+                if change.is_err() {
+                    break;
+                }
+                reload_schemas(&deployer).await;
+            }
+            tokio::time::sleep(WATCH_PAUSE).await;
+        }
+    });
+}
+
+async fn reload_schemas(deployer: &Deployer) {
+    if let Err(err) = deployer.reload_schemas().await {
+        tracing::warn!(error = %err, "failed to load the schema registry");
+    }
 }
 
 async fn reconcile(deployer: &Deployer) {

@@ -24,9 +24,10 @@ use crate::config::{ClusterLayout, HandlerSettings};
 use crate::name::{AppName, HandlerName};
 use crate::router::Routed;
 use crate::store::{
-    Appended, Applied, Backend, Compacted, DeadLetter, DeadLetterQuery, DeliveryStatus, Deployment,
-    DeploymentChange, EventQuery, HandlerRecord, LoggedDelivery, LoggedEvent, ManifestEntry,
-    Origin, RedriveTarget, RemoteState, StateReader, StoreError, StoreResult, now_ms,
+    Appended, Applied, Backend, BookWrite, Compacted, DeadLetter, DeadLetterQuery, DeliveryStatus,
+    Deployment, DeploymentChange, EventQuery, HandlerRecord, LoggedDelivery, LoggedEvent,
+    ManifestEntry, Origin, RedriveTarget, RemoteState, StateReader, StoreError, StoreResult,
+    StoredBook, now_ms,
 };
 
 /// How long a host waits for NATS at start before it gives up.
@@ -38,6 +39,14 @@ const APPEND_RACES: usize = 5;
 /// The key of the deployment records in the KV bucket: one document, so a plan's changes
 /// to several handlers land together (revision check) or not at all.
 pub const BOOK_KEY: &str = "book";
+/// The key of the schema registry's book ([`crate::schemas::book`]) in the same bucket.
+pub const SCHEMAS_KEY: &str = "schemas";
+
+/// The object store name of an upcaster's module: beside the handlers' modules, under a
+/// prefix of its own.
+fn upcaster_object(sha256: &str) -> String {
+    format!("upcaster-{sha256}")
+}
 
 /// Where the app lives in JetStream, and the connection to it.
 pub struct ClusterStore {
@@ -1228,6 +1237,75 @@ impl Backend for ClusterBackend {
     async fn dead_letter_orphans(&self, _reason: &str) -> StoreResult<usize> {
         // A removal drains its handler's consumers itself (`drain_removed`).
         Ok(0)
+    }
+
+    async fn schema_book(&self) -> StoreResult<Option<StoredBook>> {
+        match self.0.book.entry(SCHEMAS_KEY).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                let text = String::from_utf8(entry.value.to_vec()).map_err(|err| {
+                    StoreError::broken(format!("the schema book is not UTF-8: {err}"))
+                })?;
+                Ok(Some(StoredBook {
+                    text,
+                    revision: entry.revision,
+                }))
+            }
+            Ok(_) => Ok(None),
+            Err(err) => Err(StoreError::unavailable(format!(
+                "failed to read the schema book: {err}"
+            ))),
+        }
+    }
+
+    async fn put_schema_book(
+        &self,
+        text: String,
+        expected: u64,
+        modules: Vec<(String, Arc<[u8]>)>,
+    ) -> StoreResult<BookWrite> {
+        // Modules first: a book never names a module that is not there. One the change
+        // was refused for stays unnamed, which is harmless.
+        for (sha256, bytes) in &modules {
+            self.0.put_module(&upcaster_object(sha256), bytes).await?;
+        }
+        let bytes = Bytes::from(text.into_bytes());
+        let written = match expected {
+            0 => self.0.book.create(SCHEMAS_KEY, bytes).await.map_err(|e| {
+                (
+                    e.kind() == kv::CreateErrorKind::AlreadyExists,
+                    e.to_string(),
+                )
+            }),
+            revision => self
+                .0
+                .book
+                .update(SCHEMAS_KEY, bytes, revision)
+                .await
+                .map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
+        };
+        match written {
+            Ok(revision) => Ok(BookWrite::Written(revision)),
+            Err((true, _)) => Ok(BookWrite::Stale),
+            Err((false, why)) => Err(StoreError::unavailable(format!(
+                "failed to write the schema book: {why}"
+            ))),
+        }
+    }
+
+    async fn upcaster_module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.module(&upcaster_object(sha256)).await
+    }
+
+    async fn pending_types(
+        &self,
+        _handler: &HandlerName,
+    ) -> StoreResult<Option<Vec<(String, u64)>>> {
+        Ok(None)
     }
 
     async fn compact(&self) -> StoreResult<Option<Compacted>> {

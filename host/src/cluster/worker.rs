@@ -483,8 +483,15 @@ impl Inner {
             let started = std::time::Instant::now();
             let reader = state_reader(store, name);
             let outcome = self
-                .runtime
-                .invoke(&deployed, &event.event, event.seq as i64, reader)
+                .live
+                .registry()
+                .invoke(
+                    &self.runtime,
+                    &deployed,
+                    &event.event,
+                    event.seq as i64,
+                    reader,
+                )
                 .await;
             self.metrics
                 .handler_duration

@@ -21,9 +21,11 @@
 
 mod build;
 pub mod plan;
+mod schemas;
 mod watch;
 
 pub use plan::{Module, Plan, Wanted};
+pub use schemas::{SchemaChange, SchemaChangeError};
 pub use watch::watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +55,9 @@ pub enum DeployError {
     NotFound(HandlerName),
     #[error("handler `{0}` has no earlier version to roll back to")]
     NoEarlierVersion(HandlerName),
+    /// The deploy gate: events could reach a handler in a version it cannot read.
+    #[error("{}", gate_message(.0))]
+    Gate(Vec<String>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -62,6 +67,18 @@ fn problems(problems: &[String]) -> String {
         [one] => one.clone(),
         many => format!(
             "{} handler(s) failed to load:\n  {}",
+            many.len(),
+            many.join("\n  ")
+        ),
+    }
+}
+
+/// The deploy gate's refusal, one problem per line.
+fn gate_message(problems: &[String]) -> String {
+    match problems {
+        [one] => format!("refused by the deploy gate: {one}"),
+        many => format!(
+            "refused by the deploy gate ({} problems):\n  {}",
             many.len(),
             many.join("\n  ")
         ),
@@ -130,7 +147,12 @@ impl Deployer {
                     .await
                     .context("reading the manifest's modules panicked")?
             }
-            None => Plan::Stored,
+            None => {
+                self.reload_schemas()
+                    .await
+                    .map_err(|err| anyhow::anyhow!("failed to load the schema registry: {err}"))?;
+                Plan::Stored
+            }
         };
         let changes = self
             .apply(plan)
@@ -198,8 +220,29 @@ impl Deployer {
     pub async fn apply(&self, plan: Plan) -> Result<Vec<Change>, DeployError> {
         let _one_at_a_time = self.changes.lock().await;
         let stored = self.stored(&plan).await?;
-        let early_problems = plan.problems().to_vec();
+        let mut early_problems = plan.problems().to_vec();
         let ingress_policy = plan.ingress_policy().cloned();
+        // The manifest's schemas are decided and built now, and stored with its handlers.
+        let schemas = match plan.schemas() {
+            Some((changes, policy)) => {
+                match self
+                    .prepare_schemas(changes.to_vec(), Origin::Manifest, Some(policy))
+                    .await
+                {
+                    Ok(prepared) => Some(prepared),
+                    Err(SchemaChangeError::Store(err)) => return Err(err.into()),
+                    Err(SchemaChangeError::Gate(problems)) => {
+                        return Err(DeployError::Gate(problems));
+                    }
+                    Err(other) => {
+                        early_problems.push(other.to_string());
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let gated = !matches!(plan, Plan::Stored);
         let steps = plan::diff(&stored, plan)?;
         let live = self.live.current();
         let items = build_items(&stored, &steps, &live);
@@ -210,6 +253,26 @@ impl Deployer {
                 return Err(DeployError::Invalid([early_problems, problems].concat()));
             }
         };
+        if gated {
+            let registry = match &schemas {
+                Some(prepared) => Arc::new(prepared.next.clone()),
+                None => self.live.registry(),
+            };
+            let problems = self
+                .gate_plan(&stored, &steps, &registry, schemas.is_some())
+                .await?;
+            if !problems.is_empty() {
+                return Err(DeployError::Gate(problems));
+            }
+        }
+        if let Some(prepared) = schemas
+            && self.commit_schemas(prepared).await?.is_none()
+        {
+            return Err(StoreError::unavailable(
+                "the schema registry changed on another host meanwhile; try again",
+            )
+            .into());
+        }
         let (changes, next) = self.persist(&stored, steps).await?;
         let handlers = self.next_handlers(&live, next, linked).await?;
         self.swap(LiveSet::new(handlers));
@@ -217,6 +280,61 @@ impl Deployer {
             self.live.set_ingress_policy(policy);
         }
         Ok(changes)
+    }
+
+    /// The deploy gate for `steps` on `registry`: the problems of the handlers live after
+    /// them that the handlers live now do not have on the live registry (a problem there
+    /// already is not this plan's doing, and does not hold it up).
+    ///
+    /// Only the handlers `steps` change are checked, unless `registry` is another than the
+    /// live one (`every`): then every handler.
+    async fn gate_plan(
+        &self,
+        stored: &Stored,
+        steps: &[Step],
+        registry: &crate::schemas::Registry,
+        every: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut next: BTreeMap<HandlerName, crate::config::HandlerSettings> = stored
+            .records
+            .values()
+            .filter_map(|r| Some((r.name.clone(), r.active.as_ref()?.settings.clone())))
+            .collect();
+        for step in steps {
+            match step {
+                Step::Deploy { name, settings, .. } => {
+                    next.insert(name.clone(), settings.clone());
+                }
+                Step::Activate { target } => {
+                    next.insert(target.handler.clone(), target.settings.clone());
+                }
+                Step::Remove { name, .. } => {
+                    next.remove(name);
+                }
+                Step::Adopt { .. } | Step::Unchanged { .. } => {}
+            }
+        }
+        let changed: BTreeSet<&HandlerName> = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Deploy { .. } | Step::Activate { .. }))
+            .map(Step::name)
+            .collect();
+        let current = self.live.registry();
+        let mut problems = Vec::new();
+        for (name, settings) in next.iter().filter(|(n, _)| every || changed.contains(n)) {
+            let pending = self.store.pending_types(name).await?;
+            let known = match stored.live(name) {
+                Some(live) => current.gate(name, &live.settings, pending.as_deref()),
+                None => Vec::new(),
+            };
+            problems.extend(
+                registry
+                    .gate(name, settings, pending.as_deref())
+                    .into_iter()
+                    .filter(|p| !known.contains(p)),
+            );
+        }
+        Ok(problems)
     }
 
     /// What the diff needs to know of the store for `plan`.

@@ -19,6 +19,7 @@ use super::DeployError;
 use crate::config::{HandlerSettings, IngressPolicy, Manifest};
 use crate::name::HandlerName;
 use crate::runtime::module_sha256;
+use crate::schemas::SchemaPolicy;
 use crate::store::{Deployment, DeploymentChange, HandlerRecord, ManifestEntry, Origin};
 
 /// A module's bytes, its digest, and where they came from (for messages).
@@ -71,6 +72,10 @@ pub enum Plan {
         unreadable: Vec<String>,
         /// What ingress takes from producers: live with the handlers.
         ingress: IngressPolicy,
+        /// The `[[schema]]` entries, read, registered with the handlers unless they are.
+        schemas: Vec<super::SchemaChange>,
+        /// The `[schemas]` table.
+        schema_policy: SchemaPolicy,
     },
     /// A new version of one handler through the API; without settings it keeps the live
     /// version's.
@@ -107,10 +112,15 @@ impl Plan {
                 Err(why) => problems.push(format!("handler `{}`: {why}", spec.name)),
             }
         }
+        let (schemas, unreadable_schemas) =
+            super::schemas::read_manifest_schemas(&manifest.schemas);
+        problems.extend(unreadable_schemas);
         Plan::Manifest {
             wanted,
             unreadable: problems,
             ingress: manifest.ingress.clone(),
+            schemas,
+            schema_policy: manifest.schema_policy,
         }
     }
 
@@ -118,6 +128,18 @@ impl Plan {
     pub fn ingress_policy(&self) -> Option<&IngressPolicy> {
         match self {
             Plan::Manifest { ingress, .. } => Some(ingress),
+            _ => None,
+        }
+    }
+
+    /// The schemas a manifest plan registers, with its `[schemas]` policy.
+    pub fn schemas(&self) -> Option<(&[super::SchemaChange], SchemaPolicy)> {
+        match self {
+            Plan::Manifest {
+                schemas,
+                schema_policy,
+                ..
+            } => Some((schemas, *schema_policy)),
             _ => None,
         }
     }
@@ -140,7 +162,7 @@ pub struct Stored {
 }
 
 impl Stored {
-    fn live(&self, name: &HandlerName) -> Option<&Deployment> {
+    pub(super) fn live(&self, name: &HandlerName) -> Option<&Deployment> {
         self.records.get(name)?.active.as_ref()
     }
 }
@@ -405,6 +427,8 @@ mod tests {
             wanted,
             unreadable: Vec::new(),
             ingress: IngressPolicy::default(),
+            schemas: Vec::new(),
+            schema_policy: SchemaPolicy::default(),
         }
     }
 

@@ -76,6 +76,8 @@ fn stamps(manifest: &Manifest) -> BTreeMap<PathBuf, Option<(SystemTime, u64)>> {
     };
     std::iter::once(&manifest.path)
         .chain(manifest.handlers.iter().map(|h| &h.module))
+        .chain(manifest.schemas.iter().map(|s| &s.file))
+        .chain(manifest.schemas.iter().filter_map(|s| s.upcaster.as_ref()))
         .map(|path| (path.clone(), stamp(path)))
         .collect()
 }

@@ -8,8 +8,10 @@
 //! asks back-pressure ([`crate::pressure`]) for room, hands deliveries to the store and wakes
 //! the handlers' workers.
 //!
-//! A request is all or nothing: a batch with one bad event stores none, and a 429 stores
-//! none.
+//! Each event whose type has a registered schema is checked against it
+//! ([`crate::schemas`]): data that does not match is refused with 400, naming the JSON
+//! pointer and the rule. A request is all or nothing: a batch with one bad event stores none,
+//! and a 429 stores none.
 
 pub mod binding;
 pub mod problem;
@@ -136,9 +138,19 @@ async fn ingest(
             return at(index, err).into_response();
         }
     }
+    // Each event's data against its type's schema: one that does not match refuses the
+    // whole request, before anything is stored.
+    let registry = app.live.registry();
+    let mut events = Vec::with_capacity(decoded.events.len());
+    for (index, event) in decoded.events.into_iter().enumerate() {
+        match registry.admit(event) {
+            Ok(event) => events.push(event),
+            Err(err) => return at(index, err).into_response(),
+        }
+    }
 
     let live = app.live.current();
-    let routed: Vec<_> = decoded.events.into_iter().map(|e| live.route(e)).collect();
+    let routed: Vec<_> = events.into_iter().map(|e| live.route(e)).collect();
     if policy.unrouted == Unrouted::Refuse
         && let Some((index, unrouted)) = routed
             .iter()

@@ -268,6 +268,20 @@ pub enum IngressError {
     /// No handler subscribes to the type, and `[ingress] unrouted = "refuse"`.
     #[error("no handler subscribes to `{ty}` (and `[ingress] unrouted` is \"refuse\")")]
     Unrouted { ty: String },
+    /// The event's `data` does not match its type's registered schema.
+    #[error(
+        "`data` does not match the schema of `{ty}`: {}",
+        crate::schemas::validate::describe(.violations)
+    )]
+    SchemaMismatch {
+        ty: String,
+        /// The schema's URL on the host.
+        schema: String,
+        violations: Vec<crate::schemas::validate::Violation>,
+    },
+    /// The type has no schema, and the app requires one.
+    #[error("{reason}")]
+    NoSchema { ty: String, reason: String },
     /// One event of a batch is invalid, so the whole batch is refused.
     #[error("event at index {index}: {inner}")]
     Batch {
@@ -293,7 +307,9 @@ impl IngressError {
             | Self::UnexpectedJson { .. }
             | Self::UnreadableBody
             | Self::InvalidHeader { .. }
-            | Self::MissingHeader { .. } => StatusCode::BAD_REQUEST,
+            | Self::MissingHeader { .. }
+            | Self::SchemaMismatch { .. }
+            | Self::NoSchema { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -304,7 +320,10 @@ impl IngressError {
             Self::MissingAttribute { attribute } => Some((*attribute).to_owned()),
             Self::InvalidAttribute { attribute, .. } => Some(attribute.clone()),
             Self::ReservedSource { .. } => Some("source".to_owned()),
-            Self::NotAccepted { .. } | Self::Unrouted { .. } => Some("type".to_owned()),
+            Self::NotAccepted { .. } | Self::Unrouted { .. } | Self::NoSchema { .. } => {
+                Some("type".to_owned())
+            }
+            Self::SchemaMismatch { .. } => Some("data".to_owned()),
             Self::Batch { index, inner } => inner
                 .attribute()
                 .map(|attribute| format!("[{index}].{attribute}")),
@@ -356,6 +375,12 @@ impl IngressError {
             Self::InvalidHeader { header, .. } => problem.with_member("header", header.clone()),
             Self::TooManyEvents { limit, .. } => problem.with_member("limit", *limit),
             Self::MissingHeader { header } => problem.with_member("header", *header),
+            Self::SchemaMismatch {
+                schema, violations, ..
+            } => problem.with_member("schema", schema.clone()).with_member(
+                "violations",
+                serde_json::to_value(violations).unwrap_or_default(),
+            ),
             // RFC 9110 (section 12.5.1): `Accept` on a response says what a request's
             // content may be.
             Self::UnsupportedFormat { .. } => problem.with_header(
@@ -395,6 +420,8 @@ impl IngressError {
             Self::BodyTimeout { .. } => ("body-timeout", "request body too slow"),
             Self::InvalidHeader { .. } => ("invalid-header", "invalid header"),
             Self::MissingHeader { .. } => ("missing-header", "missing header"),
+            Self::SchemaMismatch { .. } => ("schema-mismatch", "data does not match its schema"),
+            Self::NoSchema { .. } => ("no-schema", "event type has no schema"),
             Self::Batch { .. } => ("invalid-batch", "invalid batch"),
         }
     }

@@ -34,6 +34,7 @@ mod capacity;
 mod limits;
 mod stdio;
 mod threads;
+mod upcast;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ use capacity::{Needs, Pool};
 pub use limits::MemoryLimiter;
 use stdio::Captured;
 use threads::WasmThreads;
+pub use upcast::{LinkedUpcaster, StepError, UPCAST_MEMORY_BYTES, UPCAST_TIMEOUT};
 
 /// How often the epoch advances. A handler yields to the async runtime once per tick, and
 /// timeouts are enforced to within a tick.
@@ -80,6 +82,8 @@ const MAX_MEMORY_BYTES: usize = 4 << 30;
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// Upcasters link against WASI alone ([`upcast`]).
+    upcast_linker: Linker<upcast::UpcastState>,
     cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
     threads: WasmThreads,
@@ -199,6 +203,14 @@ pub enum InvokeError {
     /// its tables are too large...).
     #[error("failed to start the handler: {0}")]
     Instantiate(String),
+    /// The event could not be made the version the handler reads (an upcast step failed, or
+    /// there is none): no attempt can succeed, so the delivery is dead-lettered at once.
+    #[error("the event could not be delivered in the version the handler reads: {0}")]
+    Upcast(String),
+    /// An event the handler emitted does not match its type's schema: nothing it staged is
+    /// committed.
+    #[error("handler emitted an invalid event: {0}")]
+    InvalidEmit(String),
     /// The host had no room for the instance (a pool of the allocator ran dry). Not the
     /// handler's doing: the delivery runs again later without it counting as an attempt.
     #[error("the host had no room to start the handler: {0}")]
@@ -206,9 +218,11 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
-    /// Whether another attempt may succeed: only a handler's own `reject` says no.
+    /// Whether another attempt may succeed: a handler's own `reject` says no, and so does an
+    /// event no upcast can make readable (the registry changes through the gate, not between
+    /// attempts).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, InvokeError::Reject(_))
+        !matches!(self, InvokeError::Reject(_) | InvokeError::Upcast(_))
     }
 
     /// Whether the failure is the host's, not the handler's: it is no attempt of the
@@ -308,11 +322,14 @@ impl Runtime {
         .map_err(anyhow::Error::from)
         .context("failed to link the handler interfaces")?;
 
+        let upcast_linker = upcast::linker(&engine)?;
+
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(&engine, ticker_stop.clone())?;
         Ok(Runtime {
             engine,
             linker,
+            upcast_linker,
             cache,
             ticker_stop,
             threads: WasmThreads::start()?,

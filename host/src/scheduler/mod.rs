@@ -349,8 +349,15 @@ impl Scheduler {
             let reader = self.store.state_reader(deployed.name());
             let started = std::time::Instant::now();
             let outcome = self
-                .runtime
-                .invoke(&deployed, &delivery.event, delivery.seq, reader)
+                .live
+                .registry()
+                .invoke(
+                    &self.runtime,
+                    &deployed,
+                    &delivery.event,
+                    delivery.seq,
+                    reader,
+                )
                 .await;
             self.metrics
                 .handler_duration

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use super::{
-    Appended, Applied, Compacted, DeadLetter, DeadLetterQuery, Deployment, DeploymentChange,
-    EventQuery, HandlerRecord, LoggedEvent, RedriveTarget, StateReader, Store, StoreResult,
+    Appended, Applied, BookWrite, Compacted, DeadLetter, DeadLetterQuery, Deployment,
+    DeploymentChange, EventQuery, HandlerRecord, LoggedEvent, RedriveTarget, StateReader, Store,
+    StoreResult, StoredBook,
 };
 use crate::name::HandlerName;
 use crate::router::Routed;
@@ -41,6 +42,23 @@ pub trait Backend: Send + Sync {
     async fn module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
     /// Dead-letter what is pending for handlers no longer deployed, with `reason`.
     async fn dead_letter_orphans(&self, reason: &str) -> StoreResult<usize>;
+
+    /// The schema registry's book ([`crate::schemas::book`]), if one was ever written.
+    async fn schema_book(&self) -> StoreResult<Option<StoredBook>>;
+    /// Write the book if the stored one is still at revision `expected` (0: none yet), with
+    /// the upcaster modules it names that are new; returns once durable.
+    async fn put_schema_book(
+        &self,
+        text: String,
+        expected: u64,
+        modules: Vec<(String, Arc<[u8]>)>,
+    ) -> StoreResult<BookWrite>;
+    async fn upcaster_module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// The types of `handler`'s unsettled deliveries, with their counts; `None` where the
+    /// backend cannot tell (a cluster: JetStream counts a consumer's pending messages, not
+    /// their types).
+    async fn pending_types(&self, handler: &HandlerName)
+    -> StoreResult<Option<Vec<(String, u64)>>>;
 
     /// Hand free space back and empty the write-ahead log (`evhost compact`); `None` where
     /// there is nothing of the kind to do (a cluster: JetStream compacts its own files).
@@ -94,6 +112,26 @@ impl Backend for Store {
     }
     async fn dead_letter_orphans(&self, reason: &str) -> StoreResult<usize> {
         Store::dead_letter_orphans(self, reason).await
+    }
+    async fn schema_book(&self) -> StoreResult<Option<StoredBook>> {
+        Store::schema_book(self).await
+    }
+    async fn put_schema_book(
+        &self,
+        text: String,
+        expected: u64,
+        modules: Vec<(String, Arc<[u8]>)>,
+    ) -> StoreResult<BookWrite> {
+        Store::put_schema_book(self, text, expected, modules).await
+    }
+    async fn upcaster_module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {
+        Store::upcaster_module(self, sha256).await
+    }
+    async fn pending_types(
+        &self,
+        handler: &HandlerName,
+    ) -> StoreResult<Option<Vec<(String, u64)>>> {
+        Store::pending_types(self, handler).await.map(Some)
     }
     async fn compact(&self) -> StoreResult<Option<Compacted>> {
         Store::compact(self).await.map(Some)

@@ -26,6 +26,7 @@ mod backend;
 mod deployments;
 mod error;
 mod files;
+mod registry;
 mod retention;
 mod schema;
 mod writer;
@@ -42,6 +43,7 @@ use crate::event::Event;
 pub use backend::{Backend, SharedBackend};
 pub use error::{StoreError, StoreErrorKind};
 pub use files::{DataDirLock, create_private_dir};
+pub use registry::{BookWrite, StoredBook};
 pub use retention::{
     Checkpoint, Compacted, Deleted, Retained, RetentionTask, Sizes, compact_offline,
     start as start_retention,
@@ -354,6 +356,7 @@ impl Store {
             .with_context(|| format!("failed to open the store at {path:?}"))?;
         schema::prepare_writer(&conn, durability)
             .and_then(|()| deployments::prepare(&conn))
+            .and_then(|()| registry::prepare(&conn))
             .with_context(|| format!("failed to prepare the store at {path:?}"))?;
         let metrics = crate::metrics::StoreMetrics::new()?;
         // Counted once here, then kept by every append and deletion: a count at each scrape
