@@ -655,3 +655,100 @@ async fn compaction_is_refused_on_a_cluster_host_naming_why() {
         "{problem}"
     );
 }
+
+/// The schema registry is the cluster's: a schema and upcaster registered through one host
+/// check events posted to another, and a handler on any host reads old versions upcast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_registered_on_one_host_holds_on_every_host() {
+    let nats = NatsServer::start().await;
+    let v1 = "com.example.test.record.v1";
+    let v2 = "com.example.test.record.v2";
+    let app = manifest(&format!(
+        "[app]\nname = \"rec\"\n\n[[handler]]\nname = \"recorder\"\n\
+         module = \"{{guests}}/recorder.wasm\"\nsubscribe = [\"{v1}\"]\n"
+    ));
+    let hosts = hosts(app, &nats.url(), 2).await;
+    let schema_v1 = json!({"type": "object", "required": ["n"],
+        "properties": {"n": {"type": "integer", "minimum": 1}}});
+    let response = hosts[0]
+        .http
+        .put(hosts[0].url(&format!("/admin/schemas/{v1}")))
+        .json(&schema_v1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let schema_v2 = json!({"type": "object", "required": ["n", "steps"]});
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "schema",
+            reqwest::multipart::Part::text(schema_v2.to_string()),
+        )
+        .part(
+            "upcaster",
+            reqwest::multipart::Part::bytes(std::fs::read(guest("stepper")).unwrap())
+                .file_name("stepper.wasm"),
+        );
+    let response = hosts[0]
+        .http
+        .put(hosts[0].url(&format!("/admin/schemas/{v2}")))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+
+    // The other host follows the registry: it refuses what the schema refuses.
+    hosts[1]
+        .eventually("the second host to know both schemas", WAIT, || async {
+            hosts[1].get(&format!("/admin/schemas/{v2}")).await.status() == 200
+        })
+        .await;
+    let bad = event("bad", v1, json!({"n": 0}));
+    assert_eq!(hosts[1].post_structured(&bad).await.status(), 400);
+
+    // A reader of v2 deployed through the second host gets v1 events posted to the first,
+    // upcast by whichever host runs them.
+    let config = format!(
+        "subscribe = [\"{v2}\"]\naccept_older = true\nconfig = {{ record_received = \"true\" }}\n"
+    );
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "module",
+            reqwest::multipart::Part::bytes(std::fs::read(guest("recorder")).unwrap())
+                .file_name("recorder.wasm"),
+        )
+        .text("config", config);
+    let response = hosts[1]
+        .http
+        .put(hosts[1].url("/admin/handlers/reader"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    hosts[0]
+        .eventually("the first host to run the reader", WAIT, || async {
+            hosts[0]
+                .handlers()
+                .await
+                .iter()
+                .any(|h| h.name.as_str() == "reader")
+        })
+        .await;
+    for i in 0..10 {
+        let response = hosts[i % 2]
+            .post_structured(&event(&format!("e-{i}"), v1, json!({"n": i + 1})))
+            .await;
+        assert_eq!(response.status(), 202);
+    }
+    for i in 0..10 {
+        let got = hosts[0]
+            .poll("the reader to get every event", WAIT, || async {
+                hosts[0].state("reader", &format!("received/e-{i}")).await
+            })
+            .await;
+        assert_eq!(got["type"], v2);
+        assert_eq!(got["data"]["steps"], json!([v1]));
+    }
+}

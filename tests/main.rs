@@ -31,4 +31,5 @@ mod polyglot;
 mod producers;
 mod retention;
 mod shop;
+mod versioning;
 mod window;

@@ -88,7 +88,8 @@ async fn an_operator_deploys_rolls_back_redrives_and_removes_through_the_cli() {
     let config = dir.path().join("inventory.toml");
     std::fs::write(
         &config,
-        r#"subscribe = ["com.example.shop.order.placed.v1", "com.example.shop.stock.added.v1"]
+        r#"subscribe = ["com.example.shop.order.placed.v2", "com.example.shop.stock.added.v1"]
+accept_older = true
 concurrency = 8
 ordering = "key"
 key = "partitionkey"

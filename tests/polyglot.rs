@@ -380,6 +380,50 @@ async fn refused_emits_are_rejected_in_every_language() {
     }
 }
 
+/// The shop's order.placed v1 -> v2 upcaster in JavaScript (handlers/js/order-placed-upcaster,
+/// built by the JS build script against the upcaster world) does in the shop what the Rust
+/// one does: inventory reads every v1 order as v2, priced in EUR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_upcaster_reads_the_shops_v1_orders_as_v2() {
+    require_build_tools();
+    run(
+        NODE.command().arg("order-placed-upcaster"),
+        "build the JavaScript upcaster",
+    );
+    let upcaster = workspace().join("target/js/order-placed-upcaster.wasm");
+    let dir = evhost_tests::shop_dir_accepting(&[]);
+    let path = dir.path().join("evhost.toml");
+    let text = std::fs::read_to_string(&path).expect("the copied manifest");
+    let rust = guest("order_placed_upcaster").display().to_string();
+    assert!(text.contains(&rust), "the shop's upcaster moved");
+    std::fs::write(&path, text.replace(&rust, &upcaster.display().to_string()))
+        .expect("write the manifest");
+    let host = TestHost::start(evhost::config::Manifest::load(&path).expect("the manifest")).await;
+    let schemas = host.get_json("/admin/upcasters").await;
+    let js = evhost::runtime::module_sha256(&std::fs::read(&upcaster).unwrap());
+    assert_eq!(schemas["upcasters"][0]["module_sha256"], js.as_str());
+
+    host.post_structured(&stock_added("stock-1", "sku-1", 5))
+        .await;
+    host.post_structured(&place_order("o-1", "sku-1", 2, 30.5))
+        .await;
+    host.wait_idle(WAIT).await;
+    assert_eq!(host.state("inventory", "stock/sku-1").await, Some(json!(3)));
+    let placed = host
+        .events_of_type("com.example.shop.order.placed.v1")
+        .await;
+    let id = placed[0]["id"].as_str().expect("an id").to_owned();
+    let delivered_as = host
+        .delivery_to(&id, "inventory")
+        .await
+        .delivered_as
+        .expect("inventory reads it as v2");
+    assert_eq!(delivered_as["type"], "com.example.shop.order.placed.v2");
+    assert_eq!(delivered_as["data"]["total"]["amount"].as_f64(), Some(30.5));
+    assert_eq!(delivered_as["data"]["total"]["currency"], "EUR");
+    assert_eq!(delivered_as["data"].get("amount"), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_polyglot_shop_builds_and_runs_from_the_cli() {
     // Built (and compiled into the cache) up front, so that `--build` below only checks.

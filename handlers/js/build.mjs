@@ -1,17 +1,20 @@
 #!/usr/bin/env node
-// Build the JavaScript handlers into Wasm components with ComponentizeJS.
+// Build the JavaScript handlers and upcasters into Wasm components with ComponentizeJS.
 //
 //     node handlers/js/build.mjs [NAME ...]
 //     node handlers/js/build.mjs --check
 //
-// Builds `handlers/js/NAME/handler.js` (every handler folder when no NAME is given) into
-// `target/js/NAME.wasm` at the workspace root, against the contract in `wit/0.1.0`.
+// Builds the folder `handlers/js/NAME` (every such folder when no NAME is given) into
+// `target/js/NAME.wasm` at the workspace root. The file in the folder says what it is:
+// `handler.js` is a handler, built against the handler contract in `wit/0.1.0` (world
+// `handler`); `upcaster.js` is an upcaster, built against `wit/upcaster-0.1.0` (world
+// `upcaster`). A folder has one of them, never both.
 // `--check` builds nothing: it says what is missing for a build (this Node.js's version, the
 // npm the tools are installed with), and exits 1 if anything is.
 //
 // It installs its own tools: `npm ci` from `package-lock.json` into `handlers/js/node_modules`,
 // on the first run and again only when the lockfile (or the platform) changes. A component is
-// rebuilt only when one of its inputs (the handler's folder, `sdk/`, the WIT, the tools) is
+// rebuilt only when one of its inputs (its folder, `sdk/`, its world's WIT, the tools) is
 // newer than it, so a second run does nothing and takes well under a second. Runs are
 // serialised by a lock file, so two builds at once wait for each other.
 //
@@ -36,8 +39,6 @@ import { fileURLToPath } from 'node:url';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const WORKSPACE = join(HERE, '..', '..');
-const WIT = join(WORKSPACE, 'wit', '0.1.0');
-const WORLD = 'handler';
 const SDK = join(HERE, 'sdk');
 const LOCKFILE = join(HERE, 'package-lock.json');
 const MODULES = join(HERE, 'node_modules');
@@ -45,6 +46,17 @@ const STAMP = join(MODULES, '.evhost-lock.sha256');
 const OUT = join(WORKSPACE, 'target', 'js');
 /// A lock older than this was left by a build that died; take it over.
 const STALE_LOCK_MS = 15 * 60 * 1000;
+
+/**
+ * What a folder can hold, by the name of its source file: the world it is built for and that
+ * world's WIT. An upcaster imports nothing of the host, so it cannot use `sdk/evhost.js`
+ * (whose imports are the handler's); `sdk/` is an input of both all the same, as a folder may
+ * import from it.
+ */
+const KINDS = [
+  { kind: 'handler', source: 'handler.js', world: 'handler', wit: join(WORKSPACE, 'wit', '0.1.0') },
+  { kind: 'upcaster', source: 'upcaster.js', world: 'upcaster', wit: join(WORKSPACE, 'wit', 'upcaster-0.1.0') },
+];
 
 // ComponentizeJS features the host cannot provide: the host links no `wasi:http`, so `fetch`
 // and the fetch event are left out (their imports would fail the type check at load time).
@@ -62,11 +74,19 @@ async function main(argv) {
   }
   const names = argv.length > 0
     ? argv
-    : readdirSync(HERE).filter((name) => existsSync(join(HERE, name, 'handler.js'))).sort();
+    : readdirSync(HERE).filter((name) => kindsIn(name).length > 0).sort();
+  const builds = [];
   for (const name of names) {
-    if (!existsSync(join(HERE, name, 'handler.js'))) {
-      return fail(`no JavaScript handler \`${name}\`: ${join(HERE, name, 'handler.js')} does not exist`);
+    const kinds = kindsIn(name);
+    if (kinds.length === 0) {
+      return fail(`no JavaScript handler or upcaster \`${name}\`: neither ${join(HERE, name, 'handler.js')} `
+        + `nor ${join(HERE, name, 'upcaster.js')} exists`);
     }
+    if (kinds.length > 1) {
+      return fail(`\`${name}\` has both a handler.js and an upcaster.js: a component is one or the `
+        + 'other, so put them in folders of their own');
+    }
+    builds.push({ name, ...kinds[0] });
   }
   mkdirSync(OUT, { recursive: true });
   const unlock = await lock(join(OUT, '.build.lock'));
@@ -74,11 +94,16 @@ async function main(argv) {
     ensureTools();
     // Imported only now: `npm ci` may just have installed it.
     const { componentize } = await import('@bytecodealliance/componentize-js');
-    for (const name of names) await build(componentize, name);
+    for (const what of builds) await build(componentize, what);
   } finally {
     unlock();
   }
   return 0;
+}
+
+/** The kinds of component whose source file the folder `name` holds. */
+function kindsIn(name) {
+  return KINDS.filter(({ source }) => existsSync(join(HERE, name, source)));
 }
 
 /** What the installed tools must have been installed for: the lockfile and this platform. */
@@ -115,10 +140,10 @@ function ensureTools() {
   say(`installed in ${((Date.now() - started) / 1000).toFixed(1)}s`);
 }
 
-async function build(componentize, name) {
+async function build(componentize, { name, kind, source: file, world, wit }) {
   const source = join(HERE, name);
   const output = join(OUT, `${name}.wasm`);
-  const inputs = [...files(source), ...files(SDK), ...files(WIT), STAMP, fileURLToPath(import.meta.url)];
+  const inputs = [...files(source), ...files(SDK), ...files(wit), STAMP, fileURLToPath(import.meta.url)];
   const newest = Math.max(...inputs.map((path) => statSync(path).mtimeMs));
   if (existsSync(output) && statSync(output).mtimeMs >= newest) {
     say(`${name}: up to date (${relative(WORKSPACE, output)})`);
@@ -131,13 +156,13 @@ async function build(componentize, name) {
   let component;
   try {
     ({ component } = await componentize({
-      sourcePath: join(name, 'handler.js'),
-      witPath: WIT,
-      worldName: WORLD,
+      sourcePath: join(name, file),
+      witPath: wit,
+      worldName: world,
       disableFeatures: DISABLED_FEATURES,
     }));
   } catch (err) {
-    process.exit(fail(`failed to build the JavaScript handler \`${name}\`:\n${err.message ?? err}`));
+    process.exit(fail(`failed to build the JavaScript ${kind} \`${name}\`:\n${err.message ?? err}`));
   }
   const partial = `${output}.partial`;
   writeFileSync(partial, component);

@@ -45,6 +45,8 @@ pub const GUESTS: &[&str] = &[
     "recorder",
     "alien",
     "greedy",
+    "stepper",
+    "order-placed-upcaster",
 ];
 
 /// The workspace root.
@@ -114,7 +116,11 @@ pub fn shop_manifest() -> Manifest {
     let manifest = Manifest::load(&workspace().join("examples/shop"))
         .unwrap_or_else(|err| panic!("the shop manifest is invalid:\n{err}"));
     assert!(
-        manifest.handlers.iter().all(|h| h.module.exists()),
+        manifest.handlers.iter().all(|h| h.module.exists())
+            && manifest
+                .schemas
+                .iter()
+                .all(|s| s.upcaster.as_ref().is_none_or(|u| u.exists())),
         "the shop manifest names modules that were not built"
     );
     manifest
@@ -150,8 +156,13 @@ pub fn shop_dir_accepting(accept: &[&str]) -> TempDir {
         "accept = [\"com.example.shop.order.place.v1\", \"com.example.shop.stock.added.v1\"";
     assert!(text.contains(listed), "the shop's accept list moved");
     let extra: String = accept.iter().map(|ty| format!(", {ty:?}")).collect();
+    let schemas = workspace()
+        .join("examples/shop/schemas")
+        .display()
+        .to_string();
     let text = text
         .replace("\"../../target", &format!("\"{target}"))
+        .replace("\"schemas/", &format!("\"{schemas}/"))
         .replace(listed, &format!("{listed}{extra}"));
     let dir = tempfile::tempdir().expect("a temporary directory");
     std::fs::write(dir.path().join("evhost.toml"), text).expect("write the manifest");

@@ -67,6 +67,16 @@
 //! A panic traps the instance; the host treats that as a retryable failure. The SDK logs the
 //! panic message through [`log`] first, so it shows up with the handler's name and the
 //! event's id.
+//!
+//! # Upcasters
+//!
+//! The same crate writes *upcasters*, the other kind of component the host runs: a type that
+//! implements [`Upcaster`], exported with [`export_upcaster!`], turns an event of type
+//! `NAME.vN` into `NAME.vN+1` (contract `wit/upcaster-0.1.0`, world `upcaster`), so that a
+//! handler that reads a newer version still gets the older events in the log. An upcaster is
+//! pure and deterministic and imports nothing of the host: no [`state`], [`emit`], [`log`] or
+//! [`config`]. See [`upcast`] for the contract. A crate exports one handler or one upcaster,
+//! never both.
 
 mod event;
 
@@ -74,8 +84,10 @@ pub mod config;
 pub mod emit;
 pub mod log;
 pub mod state;
+pub mod upcast;
 
 pub use event::Event;
+pub use upcast::{UpcastEvent, Upcaster};
 
 use std::fmt;
 
@@ -191,6 +203,49 @@ macro_rules! export_handler {
     };
 }
 
+/// Export `$upcaster` (a type implementing [`Upcaster`]) as the component's `upcast`
+/// function, for the upcaster contract (`wit/upcaster-0.1.0`).
+///
+/// Use it once per crate, at the top level of a `cdylib` crate built for `wasm32-wasip2`,
+/// and not beside [`export_handler!`]: the component it makes imports nothing of the host.
+///
+/// ```no_run
+/// struct Unchanged;
+///
+/// impl evhost_sdk::Upcaster for Unchanged {
+///     fn upcast(event: evhost_sdk::UpcastEvent) -> Result<evhost_sdk::UpcastEvent, String> {
+///         Ok(event)
+///     }
+/// }
+///
+/// evhost_sdk::export_upcaster!(Unchanged);
+/// ```
+#[macro_export]
+macro_rules! export_upcaster {
+    ($upcaster:ty) => {
+        const _: () = {
+            // An adapter, as in `export_handler!`: the user's type implements only the SDK's
+            // trait, and the generated bindings stay an implementation detail of the SDK.
+            struct EvhostUpcasterExport;
+
+            impl $crate::__private::upcaster_bindings::Guest for EvhostUpcasterExport {
+                fn upcast(
+                    event: $crate::__private::upcaster_bindings::Event,
+                ) -> ::core::result::Result<
+                    $crate::__private::upcaster_bindings::Event,
+                    ::std::string::String,
+                > {
+                    $crate::__private::dispatch_upcast::<$upcaster>(event)
+                }
+            }
+
+            $crate::__private::upcaster_bindings::__evhost_export_upcaster_world!(
+                EvhostUpcasterExport with_types_in $crate::__private::upcaster_bindings
+            );
+        };
+    };
+}
+
 /// Log `format!(...)` at trace level; see [`log`].
 #[macro_export]
 macro_rules! trace {
@@ -226,7 +281,7 @@ macro_rules! error {
     ($($arg:tt)+) => { $crate::log::error(::std::format!($($arg)+)) };
 }
 
-/// What [`export_handler!`] expands to needs; not part of the API.
+/// What [`export_handler!`] and [`export_upcaster!`] expand to needs; not part of the API.
 #[doc(hidden)]
 pub mod __private {
     pub mod bindings {
@@ -238,8 +293,20 @@ pub mod __private {
             pub_export_macro: true,
             export_macro_name: "__evhost_export_world",
             default_bindings_module: "evhost_sdk::__private::bindings",
+            // No `#[used]` reference that would link this description of the handler world
+            // into every component that depends on this crate, upcasters included: the copy
+            // `export_handler!` expands to is the one a handler needs.
+            disable_custom_section_link_helpers: true,
         });
     }
+
+    /// The upcaster world's bindings (`wit/upcaster-0.1.0`), generated in the crate
+    /// `evhost-sdk-upcaster` so that an upcaster links nothing of this crate, whose bindings
+    /// describe the handler world (see that crate's doc).
+    pub use evhost_sdk_upcaster::bindings as upcaster_bindings;
+    /// The body of the exported `upcast`: wrap the event, call the upcaster, unwrap its
+    /// result.
+    pub use evhost_sdk_upcaster::dispatch as dispatch_upcast;
 
     use crate::{Event, Handler, HandlerError};
 

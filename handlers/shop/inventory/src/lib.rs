@@ -1,9 +1,15 @@
 //! The inventory handler: units in stock per SKU, and the decision whether an order gets them.
 //!
 //! - `com.example.shop.stock.added.v1` adds units to `stock/{sku}` (a JSON integer).
-//! - `com.example.shop.order.placed.v1` takes the order's units out of stock and emits
+//! - `com.example.shop.order.placed.v2` takes the order's units out of stock and emits
 //!   `com.example.shop.stock.reserved.v1`, or, when there are not enough, leaves the stock
 //!   alone and emits `com.example.shop.stock.unavailable.v1` with the units `available`.
+//!
+//! It reads version 2 of `order.placed`, whose price is `total: {"amount", "currency"}`, and
+//! no longer version 1 (a plain number `amount`): the host upcasts the v1 events in the log
+//! for it (`handlers/shop/order-placed-upcaster`, which prices them in `EUR`). What it emits is
+//! unchanged: `stock.reserved` and `stock.unavailable` carry the plain `amount`, taken from
+//! `total.amount`; the currency goes nowhere downstream yet, only into the log line.
 //!
 //! Reading the stock and writing it back is a read-modify-write: two orders for the last unit
 //! of one SKU must not both see it. The manifest runs this handler with `ordering = "key"` on
@@ -15,7 +21,7 @@ use evhost_sdk::{Event, Handler, HandlerError, emit, state};
 use serde::{Deserialize, Serialize};
 
 const STOCK_ADDED: &str = "com.example.shop.stock.added.v1";
-const ORDER_PLACED: &str = "com.example.shop.order.placed.v1";
+const ORDER_PLACED: &str = "com.example.shop.order.placed.v2";
 const STOCK_RESERVED: &str = "com.example.shop.stock.reserved.v1";
 const STOCK_UNAVAILABLE: &str = "com.example.shop.stock.unavailable.v1";
 
@@ -26,13 +32,20 @@ struct StockAdded {
     quantity: u64,
 }
 
-/// The `order.placed` event's data (the fields this handler reads).
+/// The `order.placed.v2` event's data (the fields this handler reads).
 #[derive(Debug, Deserialize)]
 struct OrderPlaced {
     order_id: String,
     sku: String,
     quantity: u64,
+    total: Total,
+}
+
+/// What an order costs, in which currency (an ISO 4217 code, e.g. `EUR`).
+#[derive(Debug, Deserialize)]
+struct Total {
     amount: f64,
+    currency: String,
 }
 
 /// The data of `stock.reserved` and `stock.unavailable` (which adds `available`).
@@ -109,17 +122,19 @@ fn reserve(event: &Event) -> Result<(), HandlerError> {
         order_id: &order.order_id,
         sku: &order.sku,
         quantity: order.quantity,
-        amount: order.amount,
+        amount: order.total.amount,
         available: None,
     };
 
     let ty = if let Some(left) = available.checked_sub(order.quantity) {
         state::set_json(&key, &left)?;
         evhost_sdk::info!(
-            "order {}: reserved {} x {}, {left} left",
+            "order {}: reserved {} x {} for {} {}, {left} left",
             order.order_id,
             order.quantity,
-            order.sku
+            order.sku,
+            order.total.amount,
+            order.total.currency
         );
         STOCK_RESERVED
     } else {
