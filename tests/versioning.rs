@@ -521,6 +521,12 @@ async fn chains_compose_step_by_step_and_a_broken_step_dead_letters_naming_it() 
             "upcasting `test.item.v1` to `test.item.v2`",
             "does not match the schema of `test.item.v2`",
         ),
+        (
+            "slow",
+            json!({"n": 1, "sleep_ms_at": {"type": V2, "ms": 5000}}),
+            "upcasting `test.item.v2` to `test.item.v3`",
+            "timed out after 2s",
+        ),
     ];
     for (id, data, _, _) in &broken {
         host.post_structured(&event(id, V1, data.clone())).await;

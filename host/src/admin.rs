@@ -612,28 +612,11 @@ async fn deploy(
             rejection.body_text()
         ))
     })?;
-    let (mut module, mut config, mut unknown) = (None, None, None);
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|err| AdminError::BadRequest(format!("unreadable multipart body: {err}")))?
-    {
-        let part = field.name().unwrap_or_default().to_owned();
-        let bytes = field
-            .bytes()
-            .await
-            .map_err(|err| AdminError::BadRequest(format!("unreadable part `{part}`: {err}")))?;
-        match part.as_str() {
-            "module" => module = Some(bytes.to_vec()),
-            "config" => config = Some(bytes),
-            other => unknown = unknown.or(Some(other.to_owned())),
-        }
-    }
-    if let Some(other) = unknown {
-        return Err(AdminError::BadRequest(format!(
-            "unknown part `{other}` (expected `module` and `config`)"
-        )));
-    }
+    let mut parts = read_parts(&mut multipart, &["module", "config"]).await?;
+    let (module, config) = (
+        parts.remove("module").map(|bytes| bytes.to_vec()),
+        parts.remove("config"),
+    );
     // Checked once the body is read: answering before would cut the upload short, and the
     // client would see a broken pipe instead of this answer.
     let name = HandlerName::new(name)
@@ -676,6 +659,44 @@ async fn deploy(
             unchanged,
         }),
     ))
+}
+
+/// Every part of a multipart body by name, each read to its end; a part not in `known` is
+/// refused, but only once the whole body is read (answering before would cut the upload
+/// short, and the client would see a broken pipe instead of the answer).
+async fn read_parts(
+    multipart: &mut Multipart,
+    known: &[&str],
+) -> Result<std::collections::BTreeMap<String, bytes::Bytes>, AdminError> {
+    let mut parts = std::collections::BTreeMap::new();
+    let mut unknown = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|err| AdminError::BadRequest(format!("unreadable multipart body: {err}")))?
+    {
+        let part = field.name().unwrap_or_default().to_owned();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|err| AdminError::BadRequest(format!("unreadable part `{part}`: {err}")))?;
+        match known.contains(&part.as_str()) {
+            true => {
+                parts.insert(part, bytes);
+            }
+            false => unknown = unknown.or(Some(part)),
+        }
+    }
+    match unknown {
+        Some(other) => {
+            let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+            Err(AdminError::BadRequest(format!(
+                "unknown part `{other}` (expected {})",
+                expected.join(", ")
+            )))
+        }
+        None => Ok(parts),
+    }
 }
 
 /// `POST /admin/handlers/{name}/rollback`: the version before the live one goes live.

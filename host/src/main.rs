@@ -605,8 +605,11 @@ fn explain_refusal(err: ClientError) -> anyhow::Error {
                 }
             }
         }
+        // What the message says already (a gate's one problem) is not said twice.
+        let said = err.to_string();
+        lines.retain(|line| !said.contains(line.as_str()));
         if !lines.is_empty() {
-            return anyhow::anyhow!("{err}\n  {}", lines.join("\n  "));
+            return anyhow::anyhow!("{said}\n  {}", lines.join("\n  "));
         }
     }
     err.into()

@@ -190,22 +190,24 @@ pub(super) async fn put(
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let (schema, upcaster) = match is_multipart {
         true => {
-            let multipart = Multipart::from_request(request, &())
-                .await
-                .map_err(|rejection| {
-                    AdminError::BadRequest(format!(
-                        "unreadable multipart body: {}",
-                        rejection.body_text()
-                    ))
-                })?;
-            let parts = read_parts(multipart).await?;
-            if let Some(text) = parts.compatibility {
-                mode = Some(compatibility(&text)?);
+            let mut multipart =
+                Multipart::from_request(request, &())
+                    .await
+                    .map_err(|rejection| {
+                        AdminError::BadRequest(format!(
+                            "unreadable multipart body: {}",
+                            rejection.body_text()
+                        ))
+                    })?;
+            let known = ["schema", "upcaster", "compatibility"];
+            let mut parts = super::read_parts(&mut multipart, &known).await?;
+            if let Some(text) = parts.remove("compatibility") {
+                mode = Some(compatibility(String::from_utf8_lossy(&text).trim())?);
             }
-            let schema = parts.schema.ok_or_else(|| {
+            let schema = parts.remove("schema").ok_or_else(|| {
                 AdminError::BadRequest("the `schema` part (the JSON Schema) is missing".to_owned())
             })?;
-            (schema, parts.upcaster)
+            (schema, parts.remove("upcaster"))
         }
         false => {
             check_json_body(request.headers())?;
@@ -254,45 +256,6 @@ fn check_json_body(headers: &HeaderMap) -> Result<(), AdminError> {
             "expected the schema as `application/json` (or `application/schema+json`), or \
              multipart/form-data with a `schema` part; got `{media}`"
         ))),
-    }
-}
-
-/// The parts of a multipart registration.
-#[derive(Default)]
-struct Parts {
-    schema: Option<Bytes>,
-    upcaster: Option<Bytes>,
-    compatibility: Option<String>,
-}
-
-async fn read_parts(mut multipart: Multipart) -> Result<Parts, AdminError> {
-    let mut parts = Parts::default();
-    let mut unknown = None;
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|err| AdminError::BadRequest(format!("unreadable multipart body: {err}")))?
-    {
-        let part = field.name().unwrap_or_default().to_owned();
-        let bytes = field
-            .bytes()
-            .await
-            .map_err(|err| AdminError::BadRequest(format!("unreadable part `{part}`: {err}")))?;
-        match part.as_str() {
-            "schema" => parts.schema = Some(bytes),
-            "upcaster" => parts.upcaster = Some(bytes),
-            "compatibility" => {
-                parts.compatibility = Some(String::from_utf8_lossy(&bytes).trim().to_owned());
-            }
-            other => unknown = unknown.or(Some(other.to_owned())),
-        }
-    }
-    // Said once the body is read: answering before would cut the upload short.
-    match unknown {
-        Some(other) => Err(AdminError::BadRequest(format!(
-            "unknown part `{other}` (expected `schema`, `upcaster` and `compatibility`)"
-        ))),
-        None => Ok(parts),
     }
 }
 

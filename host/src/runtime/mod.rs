@@ -30,6 +30,30 @@
 //! instances all handlers run at once by the pool's [`capacity`], which an invocation waits
 //! for rather than fails on.
 
+/// An [`Event`] as the `event` record of a WIT contract. The handler's and the upcaster's
+/// are one shape in two packages (two generated types), so one macro writes both.
+macro_rules! wit_event {
+    ($record:path, $event:expr) => {{
+        let event: &$crate::event::Event = $event;
+        $record {
+            id: event.id().to_owned(),
+            source: event.source().to_owned(),
+            specversion: $crate::event::SPEC_VERSION.to_owned(),
+            type_: event.ty().to_owned(),
+            datacontenttype: event.datacontenttype().map(str::to_owned),
+            dataschema: event.dataschema().map(str::to_owned),
+            subject: event.subject().map(str::to_owned),
+            time: event.time().map(str::to_owned),
+            extensions: event
+                .extensions()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            data: event.data().map(<[u8]>::to_vec),
+        }
+    }};
+}
+
 mod capacity;
 mod limits;
 mod stdio;
@@ -622,22 +646,7 @@ fn log_captured(handler: &HandlerName, event_id: &str, stream: &str, kept: &[u8]
 }
 
 fn to_wit(event: &Event) -> WitEvent {
-    WitEvent {
-        id: event.id().to_owned(),
-        source: event.source().to_owned(),
-        specversion: crate::event::SPEC_VERSION.to_owned(),
-        type_: event.ty().to_owned(),
-        datacontenttype: event.datacontenttype().map(str::to_owned),
-        dataschema: event.dataschema().map(str::to_owned),
-        subject: event.subject().map(str::to_owned),
-        time: event.time().map(str::to_owned),
-        extensions: event
-            .extensions()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        data: event.data().map(<[u8]>::to_vec),
-    }
+    wit_event!(WitEvent, event)
 }
 
 #[cfg(test)]

@@ -166,20 +166,5 @@ fn from_wit(input: &Event, to: &str, output: WitEvent) -> Result<Event, crate::e
 }
 
 fn to_wit(event: &Event) -> WitEvent {
-    WitEvent {
-        id: event.id().to_owned(),
-        source: event.source().to_owned(),
-        specversion: crate::event::SPEC_VERSION.to_owned(),
-        type_: event.ty().to_owned(),
-        datacontenttype: event.datacontenttype().map(str::to_owned),
-        dataschema: event.dataschema().map(str::to_owned),
-        subject: event.subject().map(str::to_owned),
-        time: event.time().map(str::to_owned),
-        extensions: event
-            .extensions()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        data: event.data().map(<[u8]>::to_vec),
-    }
+    wit_event!(WitEvent, event)
 }
