@@ -19,6 +19,8 @@
 //! - [`nats`] runs the bench's own nats-server and reads an app's stream the same way, for
 //!   the cluster scenarios ([`cluster`]).
 //! - [`wasm`] measures one Wasm invocation in process, variant by variant.
+//! - [`versioning`] is event versions: ingest with and without schema validation, and
+//!   delivery through a chain of upcasters (end to end and in process).
 //! - [`suite`] runs every scenario and renders the table.
 
 pub mod cluster;
@@ -29,4 +31,5 @@ pub mod payload;
 pub mod process;
 pub mod servers;
 pub mod suite;
+pub mod versioning;
 pub mod wasm;

@@ -49,8 +49,9 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Run only scenarios whose name contains this (repeatable): floor, ingest, e2e,
-        /// fanout, shop, idle, ordering, deploy, wasm, cluster (which also runs its
-        /// single-node baselines).
+        /// fanout, shop, idle, ordering, deploy, schema (ingest with and without schema
+        /// validation), upcast (delivery through two upcasters, end to end and in process),
+        /// wasm, cluster (which also runs its single-node baselines).
         #[arg(long)]
         only: Vec<String>,
         /// Seconds each in-process Wasm variant is measured.
@@ -192,6 +193,9 @@ async fn run(cli: Cli) -> Result<()> {
             // nats-server, and a handler bounded by waiting rather than by CPU; compared with
             // rows of the suite's run.
             evhost_bench::cluster::run(&options, &mut results).await?;
+            // Event versions: ingest with and without schema validation, delivery through a
+            // chain of two upcasters against a direct event (end to end, and in process).
+            let versions = evhost_bench::versioning::run(&options, &mut results).await?;
             let header = format!(
                 "evhost-bench, {} connections, handler concurrency {concurrency}, {duration} s per run, \
                  load generator on {} thread(s); {}; suite took {:.0} s, the load generator used {:.0} s of CPU",
@@ -201,7 +205,11 @@ async fn run(cli: Cli) -> Result<()> {
                 started.elapsed().as_secs_f64(),
                 (suite::self_cpu() - cpu_before).as_secs_f64(),
             );
-            let report = suite::render(&results, &header);
+            let mut report = suite::render(&results, &header);
+            if !versions.is_empty() {
+                report.push('\n');
+                evhost_bench::versioning::render(&versions, &mut report);
+            }
             println!("{report}");
             let latest = work.join("latest.md");
             std::fs::write(&latest, &report)?;
@@ -344,6 +352,10 @@ fn build() -> Result<()> {
             "notification",
             "-p",
             "sleeper",
+            "-p",
+            "stepper",
+            "-p",
+            "order-placed-upcaster",
         ],
     ];
     for args in steps {

@@ -58,6 +58,9 @@ impl Mode {
 pub enum Body {
     /// `{"n": N}` under the given type.
     Counter { ty: String },
+    /// `{"n": N, ...}` under the given type: `fields` (JSON members, e.g.
+    /// `"steps":["a.v1"]`) follow `n` in the object.
+    CounterWith { ty: String, fields: String },
     /// `{"n": N}` under the given type, with the `partitionkey` extension cycling through
     /// `keys` distinct values (`k0`, `k1`, ...): event N gets key `k{N % keys}`.
     Keyed { ty: String, keys: u32 },
@@ -109,6 +112,13 @@ impl Payload {
                 subject: None,
                 partitionkey: None,
                 data: format!("{{\"n\":{n}}}"),
+            },
+            Body::CounterWith { ty, fields } => Rendered {
+                id,
+                ty: ty.clone(),
+                subject: None,
+                partitionkey: None,
+                data: format!("{{\"n\":{n},{fields}}}"),
             },
             Body::Keyed { ty, keys } => Rendered {
                 id,
@@ -273,6 +283,16 @@ mod tests {
         assert_eq!(order.events[0].subject(), Some("r1-o5"));
         assert_eq!(orders.order_number_of("r1-o5"), Some(5));
         assert_eq!(orders.number_of("r1-5"), Some(5));
+
+        let with = Body::CounterWith {
+            ty: "bench.up.v3".into(),
+            fields: "\"steps\":[\"bench.up.v1\"],\"version_seen\":1".into(),
+        };
+        let binary = decoded(&payload(Mode::Binary, with), 4).await;
+        assert_eq!(
+            binary.events[0].data(),
+            Some(&b"{\"n\":4,\"steps\":[\"bench.up.v1\"],\"version_seen\":1}"[..])
+        );
 
         let keyed = Body::Keyed {
             ty: "bench.ack.v1".into(),

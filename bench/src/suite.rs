@@ -462,7 +462,7 @@ enum Target {
 }
 
 /// What marks one unit of end-to-end work as finished.
-enum Flow {
+pub(crate) enum Flow {
     /// Every one of `per_event` deliveries of the posted event is done.
     Deliveries { ty: &'static str, per_event: u32 },
     /// The order's `shipment.created` was appended.
@@ -486,6 +486,8 @@ async fn warm_cache(options: &SuiteOptions) -> Result<()> {
     let guests: Vec<PathBuf> = [
         "ack",
         "sleeper",
+        "stepper",
+        "order_placed_upcaster",
         "order",
         "inventory",
         "payment",
@@ -522,7 +524,7 @@ fn data_dir(options: &SuiteOptions, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-async fn spawn_host(
+pub(crate) async fn spawn_host(
     options: &SuiteOptions,
     name: &str,
     manifest: &Path,
@@ -597,12 +599,28 @@ pub(crate) fn ack_manifest(options: &SuiteOptions, handlers: &[(&str, &str)]) ->
 
 /// The shop example's handlers and settings, with absolute module paths, a bounded queue, and
 /// no rate limit on payment (the example's `rate = "200/s"` models a payment provider; the
-/// bench measures the host).
+/// bench measures the host). As in the example, inventory reads orders as v2, each v1 order
+/// the order handler emits upcast for it.
 fn shop_manifest(options: &SuiteOptions) -> Result<PathBuf> {
     let module = |name: &str| format!("{:?}", options.guest(name));
+    let schema = |ty: &str| {
+        let path = options
+            .workspace
+            .join(format!("examples/shop/schemas/{ty}.json"));
+        format!("{path:?}")
+    };
     let text = format!(
         r#"[app]
 name = "shop"
+
+[[schema]]
+type = "com.example.shop.order.placed.v1"
+file = {placed_v1}
+
+[[schema]]
+type = "com.example.shop.order.placed.v2"
+file = {placed_v2}
+upcaster = {upcaster}
 
 [[handler]]
 name = "order"
@@ -616,7 +634,8 @@ memory_mb = 32
 [[handler]]
 name = "inventory"
 module = {inventory}
-subscribe = ["com.example.shop.stock.added.v1", "com.example.shop.order.placed.v1"]
+subscribe = ["com.example.shop.stock.added.v1", "com.example.shop.order.placed.v2"]
+accept_older = true
 concurrency = 8
 ordering = "key"
 key = "partitionkey"
@@ -653,6 +672,9 @@ ordering = "serial"
 timeout_ms = 1000
 memory_mb = 16
 "#,
+        placed_v1 = schema("com.example.shop.order.placed.v1"),
+        placed_v2 = schema("com.example.shop.order.placed.v2"),
+        upcaster = module("order_placed_upcaster"),
         order = module("order"),
         inventory = module("inventory"),
         payment = module("payment"),
@@ -691,7 +713,7 @@ pub(crate) fn payload_for(server: &Server, mode: Mode, body: Body, prefix: &str)
     })
 }
 
-async fn saturate(
+pub(crate) async fn saturate(
     options: &SuiteOptions,
     server: &Server,
     mode: Mode,
@@ -783,7 +805,7 @@ fn finished(db: &HostDb, flow: &Flow, sent: usize) -> Result<bool> {
 }
 
 /// A saturating phase for throughput, then a phase at half that rate for latency.
-async fn end_to_end(
+pub(crate) async fn end_to_end(
     options: &SuiteOptions,
     name: &str,
     server: &Server,
