@@ -192,12 +192,7 @@ impl Book {
             // The same schema with a new mode or upcaster: those may change.
             self.set_mode(parsed.family(), with.compatibility);
             if let Some(sha256) = with.upcaster_sha256 {
-                self.put_upcaster(
-                    &parsed.at(parsed.version() - 1).to_string(),
-                    sha256,
-                    origin,
-                    now_ms,
-                )?;
+                self.upcast_into(&parsed, sha256, origin, now_ms)?;
             }
             return Ok(Outcome::Replaced);
         }
@@ -249,12 +244,7 @@ impl Book {
             },
         );
         if let Some(sha256) = with.upcaster_sha256 {
-            self.put_upcaster(
-                &parsed.at(parsed.version() - 1).to_string(),
-                sha256,
-                origin,
-                now_ms,
-            )?;
+            self.upcast_into(&parsed, sha256, origin, now_ms)?;
         }
         Ok(Outcome::Created)
     }
@@ -323,6 +313,23 @@ impl Book {
                 Ok(Outcome::Created)
             }
         }
+    }
+
+    /// Register the upcaster from the version before `ty` into it: what a registration
+    /// brings with it. The first version has no version before it.
+    fn upcast_into(
+        &mut self,
+        ty: &VersionedType,
+        module_sha256: String,
+        origin: Origin,
+        now_ms: i64,
+    ) -> Result<Outcome, BookError> {
+        let Some(previous) = ty.version().checked_sub(1).filter(|v| *v >= 1) else {
+            return Err(BookError::Invalid(format!(
+                "`{ty}` is version 1: no version comes before it to upcast from"
+            )));
+        };
+        self.put_upcaster(&ty.at(previous).to_string(), module_sha256, origin, now_ms)
     }
 
     pub fn remove_upcaster(&mut self, from: &str) -> Result<Outcome, BookError> {
@@ -494,6 +501,23 @@ mod tests {
             Ok(Outcome::Replaced)
         );
         assert_eq!(book.remove_upcaster(V1), Ok(Outcome::Removed));
+    }
+
+    #[test]
+    fn a_first_version_takes_no_upcaster_even_registered_again() {
+        let mut book = Book::default();
+        register(&mut book, V1, v1(), Registration::default()).unwrap();
+        let with = Registration {
+            upcaster_sha256: Some("ab".into()),
+            ..Registration::default()
+        };
+        let err = register(&mut book, V1, v1(), with).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is version 1: no version comes before it"),
+            "{err}"
+        );
+        assert!(book.upcasters.is_empty());
     }
 
     #[test]
